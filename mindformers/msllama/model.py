@@ -1,0 +1,224 @@
+"""Llama-2 with a paged KV cache in MindSpore, in one file.
+
+Two graph entry points share one set of Parameters (weights and KV cache):
+
+* `PrefillStep` runs the new tokens of several sequences flattened to `[T]` (prompts, prompt
+  chunks after a prefix-cache hit). Linear layers see `[T, hidden]`; attention reads every
+  context token of the batch from the cache (`[C]` keys, the new ones included, written first)
+  and masks by (sequence id, position): no padding of prompts to a common length.
+* `DecodeStep` runs one token for each of `[B]` sequences; each reads its own context through its
+  block table, `[kv_heads, B, max_blocks * block_size, head_dim]`, masked by context length.
+
+KV cache storage (measured fastest on CPU, ../shared/FINDINGS.md): per layer one flat Parameter
+for K and one for V of shape `[kv_heads * num_slots, head_dim]`, row `h * num_slots + slot`, where
+`slot = block * block_size + offset`. Writes use `scatter_update` on the Parameter itself (in
+place); reads are one `gather`. Block 0 is a trash block: padded tokens write there and padded
+block-table entries point there, so every index is valid.
+
+Both steps return logits for selected rows and their argmax + max value, so a greedy step only
+copies two small vectors to the host.
+"""
+from __future__ import annotations
+
+import numpy as np
+import mindspore as ms
+from mindspore import Parameter, Tensor, nn, ops
+
+from .config import LlamaConfig, RuntimeConfig
+from .weights import EMBEDDING, FINAL_NORM, layer_names, lm_head
+
+_NEG = -1e30  # masked scores: exp underflows to exactly 0 in fp32
+
+
+def rope_tables(cfg: LlamaConfig) -> tuple[np.ndarray, np.ndarray]:
+    """cos/sin tables [seq_length, head_dim] (rotate-half layout), computed in float64."""
+    d = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (np.arange(0, d, 2, dtype=np.float64) / d))
+    angles = np.arange(cfg.seq_length, dtype=np.float64)[:, None] * inv_freq[None, :]
+    return np.tile(np.cos(angles), 2), np.tile(np.sin(angles), 2)
+
+
+def _param(value: np.ndarray, name: str, dtype: ms.dtype) -> Parameter:
+    return Parameter(Tensor(value, dtype=dtype), name=name, requires_grad=False)
+
+
+def _mask_bias(mask):
+    """0 where attending is allowed, a huge negative number elsewhere (added to fp32 scores)."""
+    return ops.select(mask, ops.zeros(mask.shape, ms.float32), ops.fill(ms.float32, mask.shape, _NEG))
+
+
+class RMSNorm(nn.Cell):
+    def __init__(self, weight: np.ndarray, eps: float, name: str):
+        super().__init__()
+        self.weight = _param(weight, name, ms.float32)
+        self.eps = eps
+
+    def construct(self, x):
+        x32 = ops.cast(x, ms.float32)
+        norm = x32 * ops.rsqrt(ops.mean(ops.square(x32), -1, keep_dims=True) + self.eps)
+        return ops.cast(norm * self.weight, x.dtype)
+
+
+class DecoderLayer(nn.Cell):
+    """One transformer block. Q/K/V and gate/up projections are fused into one matmul each."""
+
+    def __init__(self, cfg: LlamaConfig, rt: RuntimeConfig, w: dict[str, np.ndarray], i: int,
+                 dtype: ms.dtype):
+        super().__init__()
+        n = layer_names(i)
+        self.heads, self.kv_heads, self.head_dim = cfg.num_heads, cfg.kv_heads, cfg.head_dim
+        self.group = cfg.num_heads // cfg.kv_heads
+        self.q_size = cfg.hidden_size
+        self.kv_size = cfg.kv_heads * cfg.head_dim
+        self.ffn = cfg.ffn_hidden
+        self.num_slots = rt.num_blocks * rt.block_size
+        self.block_size = rt.block_size
+        self.scale = 1.0 / float(np.sqrt(cfg.head_dim))
+        p = f"model.layers.{i}."
+        self.attention_norm = RMSNorm(w[n["attention_norm"]], cfg.rms_norm_eps, p + "attention_norm.weight")
+        self.ffn_norm = RMSNorm(w[n["ffn_norm"]], cfg.rms_norm_eps, p + "ffn_norm.weight")
+        self.wqkv = _param(np.concatenate([w[n["wq"]], w[n["wk"]], w[n["wv"]]]), p + "wqkv", dtype)
+        self.wo = _param(w[n["wo"]], p + "wo", dtype)
+        self.w13 = _param(np.concatenate([w[n["w1"]], w[n["w3"]]]), p + "w13", dtype)
+        self.w2 = _param(w[n["w2"]], p + "w2", dtype)
+        cache = np.zeros((cfg.kv_heads * self.num_slots, cfg.head_dim), np.float32)
+        self.k_cache = _param(cache, p + "k_cache", dtype)
+        self.v_cache = _param(cache, p + "v_cache", dtype)
+        self.matmul_t = ops.MatMul(transpose_b=True)
+        self.bmm_t = ops.BatchMatMul(transpose_b=True)
+        self.bmm = ops.BatchMatMul()
+        self.head_offsets = Tensor(np.arange(cfg.kv_heads, dtype=np.int32) * self.num_slots)
+
+    def _rope(self, x, cos, sin):
+        """x [N, heads, D], cos/sin [N, 1, D]: rotate-half rotary embedding."""
+        half = self.head_dim // 2
+        rotated = ops.concat((-x[:, :, half:], x[:, :, :half]), -1)
+        return x * cos + rotated * sin
+
+    def _qkv(self, x, cos, sin):
+        """Projected, rotated q [N, heads, D] and k, v [N, kv_heads, D]."""
+        n = x.shape[0]
+        qkv = self.matmul_t(self.attention_norm(x), self.wqkv)
+        q = qkv[:, :self.q_size].reshape(n, self.heads, self.head_dim)
+        k = qkv[:, self.q_size:self.q_size + self.kv_size].reshape(n, self.kv_heads, self.head_dim)
+        v = qkv[:, self.q_size + self.kv_size:].reshape(n, self.kv_heads, self.head_dim)
+        return self._rope(q, cos, sin), self._rope(k, cos, sin), v
+
+    def _write_cache(self, k, v, slots):
+        """Scatter new k/v [N, kv_heads, D] to their slots; returns the updated caches."""
+        idx = self.head_offsets.reshape(-1, 1) + slots.reshape(1, -1)  # [kv_heads, N]
+        k_cache = ops.scatter_update(self.k_cache, idx, k.transpose(1, 0, 2))
+        v_cache = ops.scatter_update(self.v_cache, idx, v.transpose(1, 0, 2))
+        return k_cache, v_cache
+
+    def _finish(self, x, attn):
+        """Output projection, residual, SwiGLU MLP, residual."""
+        x = x + self.matmul_t(attn, self.wo)
+        gate_up = self.matmul_t(self.ffn_norm(x), self.w13)
+        act = ops.silu(gate_up[:, :self.ffn]) * gate_up[:, self.ffn:]
+        return x + self.matmul_t(act, self.w2)
+
+    def _softmax_v(self, scores, bias, v):
+        probs = ops.softmax(ops.cast(scores, ms.float32) + bias, -1)
+        return self.bmm(ops.cast(probs, v.dtype), v)
+
+    def prefill(self, x, cos, sin, slots, k_index, bias):
+        """x [T, hidden]; k_index [C] cache slots of all context tokens; bias [group * T, C]."""
+        t = x.shape[0]
+        q, k, v = self._qkv(x, cos, sin)
+        k_cache, v_cache = self._write_cache(k, v, slots)
+        idx = self.head_offsets.reshape(-1, 1) + k_index.reshape(1, -1)  # [kv_heads, C]
+        keys = ops.gather(k_cache, idx, 0)  # [kv_heads, C, D]
+        vals = ops.gather(v_cache, idx, 0)
+        # [T, heads, D] -> [kv_heads, group * T, D]: each KV head serves its group of query heads
+        q = q.reshape(t, self.kv_heads, self.group, self.head_dim).transpose(1, 2, 0, 3)
+        q = q.reshape(self.kv_heads, self.group * t, self.head_dim) * self.scale
+        out = self._softmax_v(self.bmm_t(q, keys), bias, vals)  # [kv_heads, group * T, D]
+        out = out.reshape(self.kv_heads, self.group, t, self.head_dim).transpose(2, 0, 1, 3)
+        return self._finish(x, out.reshape(t, self.q_size))
+
+    def decode(self, x, cos, sin, slots, k_index, bias):
+        """x [B, hidden]; k_index [B, L] cache slots of each sequence's context; bias [B, 1, L]."""
+        b = x.shape[0]
+        q, k, v = self._qkv(x, cos, sin)
+        k_cache, v_cache = self._write_cache(k, v, slots)
+        idx = self.head_offsets.reshape(-1, 1, 1) + k_index.reshape(1, b, -1)  # [kv_heads, B, L]
+        keys = ops.gather(k_cache, idx, 0)  # [kv_heads, B, L, D]
+        vals = ops.gather(v_cache, idx, 0)
+        q = q.reshape(b, self.kv_heads, self.group, self.head_dim).transpose(1, 0, 2, 3) * self.scale
+        scores = self.bmm_t(q, keys)  # [kv_heads, B, group, L]
+        out = self._softmax_v(scores, bias, vals)  # [kv_heads, B, group, D]
+        return self._finish(x, out.transpose(1, 0, 2, 3).reshape(b, self.q_size))
+
+
+class LlamaModel(nn.Cell):
+    """Weights, KV cache and the shared pieces of both steps."""
+
+    def __init__(self, cfg: LlamaConfig, rt: RuntimeConfig, weights: dict[str, np.ndarray]):
+        super().__init__()
+        dtype = ms.float16 if rt.compute_dtype == "float16" else (
+            ms.bfloat16 if rt.compute_dtype == "bfloat16" else ms.float32)
+        self.cfg, self.rt = cfg, rt
+        self.embedding = _param(weights[EMBEDDING], EMBEDDING, dtype)
+        self.layers = nn.CellList([DecoderLayer(cfg, rt, weights, i, dtype) for i in range(cfg.num_layers)])
+        self.norm_out = RMSNorm(weights[FINAL_NORM], cfg.rms_norm_eps, FINAL_NORM)
+        self.lm_head = _param(lm_head(weights, cfg), "lm_head.weight", dtype)
+        cos, sin = rope_tables(cfg)
+        self.cos = _param(cos.astype(np.float32), "rope_cos", dtype)
+        self.sin = _param(sin.astype(np.float32), "rope_sin", dtype)
+        self.matmul_t = ops.MatMul(transpose_b=True)
+
+    def embed(self, tokens, positions):
+        x = ops.gather(self.embedding, tokens, 0)
+        cos = ops.gather(self.cos, positions, 0).expand_dims(1)  # [N, 1, D]
+        sin = ops.gather(self.sin, positions, 0).expand_dims(1)
+        return x, cos, sin
+
+    def head(self, hidden):
+        """Logits [S, vocab] (fp32) and their argmax / max per row."""
+        logits = ops.cast(self.matmul_t(self.norm_out(hidden), self.lm_head), ms.float32)
+        best, ids = ops.max(logits, 1)
+        return logits, ids.astype(ms.int32), best
+
+
+class PrefillStep(nn.Cell):
+    """Inputs: tokens/positions/slots [T]; k_index/k_seq/k_pos [C] for the context keys;
+    q_seq [T] sequence id per token (-1 = padding); out_index [S] rows whose logits are wanted."""
+
+    def __init__(self, model: LlamaModel):
+        super().__init__()
+        self.model = model
+
+    def construct(self, tokens, positions, slots, q_seq, k_index, k_seq, k_pos, out_index):
+        x, cos, sin = self.model.embed(tokens, positions)
+        same_seq = q_seq.reshape(-1, 1) == k_seq.reshape(1, -1)
+        causal = k_pos.reshape(1, -1) <= positions.reshape(-1, 1)
+        # padding queries may look at anything: keeps their rows finite, their output is unused
+        mask = ops.logical_or(ops.logical_and(same_seq, causal), (q_seq < 0).reshape(-1, 1))
+        group = self.model.cfg.num_heads // self.model.cfg.kv_heads
+        bias = ops.tile(_mask_bias(mask), (group, 1))  # rows ordered (group, T) like the queries
+        for layer in self.model.layers:
+            x = layer.prefill(x, cos, sin, slots, k_index, bias)
+        return self.model.head(ops.gather(x, out_index, 0))
+
+
+class DecodeStep(nn.Cell):
+    """Inputs: tokens/positions/slots [B]; block_tables [B, max_blocks]; context_lens [B]."""
+
+    def __init__(self, model: LlamaModel):
+        super().__init__()
+        self.model = model
+        self.block_offsets = Tensor(np.arange(model.rt.block_size, dtype=np.int32))
+        self.block_size = model.rt.block_size
+
+    def construct(self, tokens, positions, slots, block_tables, context_lens):
+        b = tokens.shape[0]
+        x, cos, sin = self.model.embed(tokens, positions)
+        k_index = (block_tables.reshape(b, -1, 1) * self.block_size
+                   + self.block_offsets.reshape(1, 1, -1)).reshape(b, -1)  # [B, L]
+        length = k_index.shape[1]
+        mask = ops.arange(0, length, dtype=ms.int32).reshape(1, -1) < context_lens.reshape(-1, 1)
+        bias = _mask_bias(mask).reshape(b, 1, length)
+        for layer in self.model.layers:
+            x = layer.decode(x, cos, sin, slots, k_index, bias)
+        return self.model.head(x)

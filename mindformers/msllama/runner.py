@@ -1,0 +1,239 @@
+"""Model runner: turns one scheduled step into bucketed graph inputs, runs it, samples.
+
+The scheduler describes a step by sequences (`StepInput`): the new tokens of each, how many tokens
+each has in the cache after the step, and its block table. Positions, slot mapping, key indices
+and masks are derived here with numpy, then padded to the smallest compiled shape of the `Ladder`.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .config import LlamaConfig, PredictConfig, RuntimeConfig
+from .sampling import SamplingBatch, sample
+
+
+@dataclass(frozen=True)
+class Ladder:
+    """Static shapes compiled at warm-up. Every step is padded up to one of them."""
+    decode_batches: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+    decode_blocks: tuple[int, ...] = (8, 16, 32, 64)        # max blocks per sequence in a decode step
+    prefill_tokens: tuple[int, ...] = (32, 64, 128, 256, 512)
+    prefill_context_factors: tuple[int, ...] = (1, 2, 4)     # context keys C = T * factor
+    prefill_rows_per_token: float = 1 / 16                   # logits rows S = T * this (>= min)
+    prefill_min_rows: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("decode_batches", "decode_blocks", "prefill_tokens", "prefill_context_factors"):
+            values = getattr(self, name)
+            if not values or list(values) != sorted(set(values)) or values[0] <= 0:
+                raise ValueError(f"ladder '{name}': must be a non-empty increasing list of positive ints")
+        if self.prefill_context_factors[0] != 1:
+            raise ValueError("ladder 'prefill_context_factors': must start with 1")
+
+    def prefill_rows(self, tokens: int) -> int:
+        return min(tokens, max(self.prefill_min_rows, int(tokens * self.prefill_rows_per_token)))
+
+    def decode_shape(self, batch: int, blocks: int) -> tuple[int, int] | None:
+        b = next((x for x in self.decode_batches if x >= batch), None)
+        m = next((x for x in self.decode_blocks if x >= blocks), None)
+        return None if b is None or m is None else (b, m)
+
+    def prefill_shape(self, tokens: int, context: int, rows: int) -> tuple[int, int, int] | None:
+        """Smallest (T, C, S) holding `tokens` new tokens, `context` keys and `rows` logits rows."""
+        for t in self.prefill_tokens:
+            if t < tokens or self.prefill_rows(t) < rows:
+                continue
+            for f in self.prefill_context_factors:
+                if t * f >= context:
+                    return t, t * f, self.prefill_rows(t)
+        return None
+
+    @property
+    def max_decode_batch(self) -> int:
+        return self.decode_batches[-1]
+
+    @property
+    def max_prefill_tokens(self) -> int:
+        return self.prefill_tokens[-1]
+
+    def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """Every graph shape, in the fixed order warm-up compiles them."""
+        out: list[tuple[str, tuple[int, ...]]] = []
+        for t in self.prefill_tokens:
+            for f in self.prefill_context_factors:
+                out.append(("prefill", (t, t * f, self.prefill_rows(t))))
+        for b in self.decode_batches:
+            for m in self.decode_blocks:
+                out.append(("decode", (b, m)))
+        return out
+
+
+@dataclass
+class StepInput:
+    """One engine step, described per sequence (S sequences, N new tokens in all)."""
+    is_prefill: bool
+    token_ids: np.ndarray       # int32 [N] new tokens, sequence after sequence
+    seq_lens: np.ndarray        # int32 [S] new tokens per sequence (all 1 in a decode step)
+    context_lens: np.ndarray    # int32 [S] tokens in the cache per sequence after this step
+    block_tables: np.ndarray    # int32 [S, W] physical blocks, padded with 0 (the trash block)
+    sample_rows: np.ndarray     # int32 [K] indices into the N tokens whose next token is sampled
+    sampling: SamplingBatch     # K rows
+    logits_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int32))  # int32 [R]
+
+
+@dataclass
+class StepOutput:
+    next_tokens: np.ndarray     # int32 [K]
+    next_logits: np.ndarray     # float32 [K] raw logit of each chosen token
+    logits: np.ndarray          # float32 [R, vocab] rows asked for by `logits_rows`
+
+
+class ShapeError(ValueError):
+    """A step does not fit any compiled shape (a scheduler bug, never a user error)."""
+
+
+class ModelRunner:
+    def __init__(self, cfg: LlamaConfig, rt: RuntimeConfig, weights: dict[str, np.ndarray],
+                 ladder: Ladder):
+        import mindspore as ms
+
+        from .model import DecodeStep, LlamaModel, PrefillStep
+
+        if rt.compile_cache:
+            # MindSpore keys cached graphs by compile order: warm-up always compiles the full
+            # ladder in one fixed order, and the cache folder is keyed by config + ladder.
+            os.environ.setdefault("MS_COMPILER_CACHE_ENABLE", "1")
+            os.environ.setdefault("MS_COMPILER_CACHE_PATH", rt.compile_cache)
+        ms.set_context(mode=rt.mode, device_target=rt.device_target, device_id=rt.device_id)
+        self.cfg, self.rt, self.ladder = cfg, rt, ladder
+        max_ctx = ladder.decode_blocks[-1] * rt.block_size
+        if max_ctx < cfg.seq_length and ladder.decode_blocks[-1] < rt.num_blocks - 1:
+            raise ShapeError(f"ladder 'decode_blocks': the largest ({ladder.decode_blocks[-1]} blocks = "
+                             f"{max_ctx} tokens) must cover seq_length {cfg.seq_length}")
+        self._ms = ms
+        self.model = LlamaModel(cfg, rt, weights)
+        self.prefill_step = PrefillStep(self.model)
+        self.decode_step = DecodeStep(self.model)
+
+    # ---- input building -------------------------------------------------------------------
+    def _positions(self, s: StepInput) -> np.ndarray:
+        starts = s.context_lens - s.seq_lens
+        offsets = np.arange(len(s.token_ids), dtype=np.int32) - np.repeat(np.cumsum(s.seq_lens) - s.seq_lens, s.seq_lens)
+        return (np.repeat(starts, s.seq_lens) + offsets).astype(np.int32)
+
+    def _slots(self, block_tables: np.ndarray, seq_index: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        bs = self.rt.block_size
+        return (block_tables[seq_index, positions // bs] * bs + positions % bs).astype(np.int32)
+
+    def _tensor(self, a: np.ndarray):
+        return self._ms.Tensor(a)
+
+    def _run_prefill(self, s: StepInput, out_index: np.ndarray):
+        n, n_seq = len(s.token_ids), len(s.seq_lens)
+        seq_of_token = np.repeat(np.arange(n_seq, dtype=np.int32), s.seq_lens)
+        positions = self._positions(s)
+        slots = self._slots(s.block_tables, seq_of_token, positions)
+        c = int(s.context_lens.sum())
+        shape = self.ladder.prefill_shape(n, c, len(out_index))
+        if shape is None:
+            raise ShapeError(f"prefill of {n} tokens, {c} context keys, {len(out_index)} rows fits no bucket")
+        t_pad, c_pad, rows = shape
+        k_seq = np.repeat(np.arange(n_seq, dtype=np.int32), s.context_lens)
+        k_pos = (np.arange(c, dtype=np.int32)
+                 - np.repeat(np.cumsum(s.context_lens) - s.context_lens, s.context_lens)).astype(np.int32)
+        k_index = self._slots(s.block_tables, k_seq, k_pos)
+        args = (_pad(s.token_ids, t_pad, 0), _pad(positions, t_pad, 0), _pad(slots, t_pad, 0),
+                _pad(seq_of_token, t_pad, -1), _pad(k_index, c_pad, 0), _pad(k_seq, c_pad, -2),
+                _pad(k_pos, c_pad, 0), _pad(out_index.astype(np.int32), rows, 0))
+        return self.prefill_step(*map(self._tensor, args))
+
+    def _run_decode(self, s: StepInput):
+        b = len(s.token_ids)
+        blocks_needed = int(-(-s.context_lens.max() // self.rt.block_size))
+        shape = self.ladder.decode_shape(b, blocks_needed)
+        if shape is None:
+            raise ShapeError(f"decode of {b} sequences with {blocks_needed} blocks fits no bucket")
+        b_pad, m_pad = shape
+        positions = (s.context_lens - 1).astype(np.int32)
+        slots = self._slots(s.block_tables, np.arange(b), positions)
+        tables = np.zeros((b_pad, m_pad), np.int32)
+        w = min(m_pad, s.block_tables.shape[1])
+        tables[:b, :w] = s.block_tables[:, :w]
+        args = (_pad(s.token_ids, b_pad, 0), _pad(positions, b_pad, 0), _pad(slots, b_pad, 0),
+                tables, _pad(s.context_lens.astype(np.int32), b_pad, 1))
+        return self.decode_step(*map(self._tensor, args))
+
+    # ---- step -----------------------------------------------------------------------------
+    def step(self, s: StepInput) -> StepOutput:
+        if s.is_prefill:
+            # only the wanted rows go through the LM head; a row both sampled and saved runs once
+            out_index = np.unique(np.concatenate([s.sample_rows, s.logits_rows])).astype(np.int32)
+            logits, ids, best = self._run_prefill(s, out_index)
+            sample_at = np.searchsorted(out_index, s.sample_rows)
+            logits_at = np.searchsorted(out_index, s.logits_rows)
+        else:
+            logits, ids, best = self._run_decode(s)
+            sample_at, logits_at = s.sample_rows, s.logits_rows
+        if s.sampling.all_greedy():
+            tokens = ids.asnumpy()[sample_at]
+            chosen = best.asnumpy()[sample_at]
+            rows = logits.asnumpy()[logits_at] if len(logits_at) else _no_rows(self.cfg.vocab_size)
+        else:
+            full = logits.asnumpy()
+            tokens, chosen = sample(full[sample_at], s.sampling)
+            rows = full[logits_at] if len(logits_at) else _no_rows(self.cfg.vocab_size)
+        return StepOutput(tokens.astype(np.int32), chosen.astype(np.float32), rows)
+
+    # ---- warm-up ----------------------------------------------------------------------------
+    def warmup(self, progress: Callable[[int, int, str], None] | None = None) -> float:
+        """Compile every ladder shape (fixed order) with dummy inputs; returns seconds taken.
+
+        Dummy steps only write the trash block, so the cache content of real blocks is untouched.
+        """
+        start = time.time()
+        shapes = self.ladder.shapes()
+        for i, (kind, shape) in enumerate(shapes):
+            if progress:
+                progress(i, len(shapes), f"{kind} {shape}")
+            if kind == "prefill":
+                t, c, rows = shape
+                z = np.zeros
+                args = (z(t, np.int32), z(t, np.int32), z(t, np.int32), np.full(t, -1, np.int32),
+                        z(c, np.int32), np.full(c, -2, np.int32), z(c, np.int32), z(rows, np.int32))
+                out = self.prefill_step(*map(self._tensor, args))
+            else:
+                b, m = shape
+                z = np.zeros
+                args = (z(b, np.int32), z(b, np.int32), z(b, np.int32), z((b, m), np.int32),
+                        np.ones(b, np.int32))
+                out = self.decode_step(*map(self._tensor, args))
+            out[1].asnumpy()
+        if progress:
+            progress(len(shapes), len(shapes), "done")
+        return time.time() - start
+
+
+def _pad(a: np.ndarray, size: int, value: int) -> np.ndarray:
+    out = np.full(size, value, dtype=np.int32)
+    out[:len(a)] = a
+    return out
+
+
+def _no_rows(vocab: int) -> np.ndarray:
+    return np.zeros((0, vocab), np.float32)
+
+
+def runner_from_config(pc: PredictConfig, ladder: Ladder,
+                       weights: dict[str, np.ndarray] | None = None) -> ModelRunner:
+    """A runner for a predict config; weights come from `pc.runtime.checkpoint` unless given."""
+    if weights is None:
+        from .checkpoint import load_weights
+        if not pc.runtime.checkpoint:
+            raise ValueError("config key 'model.model_config.checkpoint_name_or_path': no checkpoint given")
+        weights = load_weights(pc.runtime.checkpoint, pc.model)
+    return ModelRunner(pc.model, pc.runtime, weights, ladder)
