@@ -128,7 +128,7 @@ def _require(key: str, ok: bool, rule: str) -> None:
 # mindformers model_config keys with no meaning here: accepted so users' files load, and named in
 # a warning so nobody believes they have an effect.
 _IGNORED_MODEL_KEYS = {
-    "type", "batch_size", "ignore_token_id", "layernorm_compute_type", "softmax_compute_type",
+    "batch_size", "ignore_token_id", "layernorm_compute_type", "softmax_compute_type",
     "rotary_dtype", "param_init_type", "use_past", "scaling_factor", "extend_method", "is_dynamic",
     "offset", "repetition_penalty", "max_decode_length", "top_k", "top_p", "do_sample",
     "use_flash_attention", "use_paged_attention", "qkv_concat", "use_rope_slice",
@@ -239,7 +239,9 @@ def parse_predict_config(data: dict, base_dir: str = ".", source: str = "") -> P
     arch: dict[str, Any] = {}
     for key, value in _check_mapping("model.model_config", model.get("model_config")).items():
         full = f"model.model_config.{key}"
-        if key in _RUNTIME_MODEL_KEYS:
+        if key == "type":
+            _require(full, value == "LlamaConfig", "must be LlamaConfig (this kit serves Llama-2)")
+        elif key in _RUNTIME_MODEL_KEYS:
             if key == "checkpoint_name_or_path":
                 runtime["checkpoint"] = _resolve(_coerce(full, value, str), base_dir)
             else:

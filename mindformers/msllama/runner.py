@@ -179,7 +179,8 @@ class ModelRunner:
         else:
             logits, ids, best = self._run_decode(s)
             sample_at, logits_at = s.sample_rows, s.logits_rows
-        if s.sampling.all_greedy():
+        sp = s.sampling
+        if not np.any(sp.temperature > 0) and np.all(sp.repetition_penalty == 1):
             tokens = ids.asnumpy()[sample_at]
             chosen = best.asnumpy()[sample_at]
             rows = logits.asnumpy()[logits_at] if len(logits_at) else _no_rows(self.cfg.vocab_size)
