@@ -68,7 +68,7 @@ _IGNORED = {
     "model_config.model_dtype", "model_config.backend", "model_config.batching_strategy",
     "model_config.page_attention", "model_config.seq_length", "model_config.prefill_ini",
     "model_config.decode_ini", "model_config.tp_size", "serving_config.prefill_batch_size",
-    "tokenizer.type", "pa_config.decode_seq_length",
+    "pa_config.decode_seq_length",
 }
 _SECTIONS = {"model_config", "serving_config", "pa_config", "scheduler_config", "tokenizer"}
 
@@ -195,6 +195,9 @@ def parse_serving_config(data: dict, base_dir: str = ".", source: str = "") -> S
     for key, full, value in each("tokenizer"):
         if key == "vocab_file":
             tokenizer_path = path(full, value)
+        elif key == "type":
+            if value != "LlamaTokenizer":
+                raise ConfigError(f"config key '{full}': must be LlamaTokenizer (sentencepiece)")
         else:
             raise ConfigError(f"config key '{full}': unknown")
 
