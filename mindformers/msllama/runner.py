@@ -111,10 +111,6 @@ class ModelRunner:
             os.environ.setdefault("MS_COMPILER_CACHE_PATH", rt.compile_cache)
         ms.set_context(mode=rt.mode, device_target=rt.device_target, device_id=rt.device_id)
         self.cfg, self.rt, self.ladder = cfg, rt, ladder
-        max_ctx = ladder.decode_blocks[-1] * rt.block_size
-        if max_ctx < cfg.seq_length and ladder.decode_blocks[-1] < rt.num_blocks - 1:
-            raise ShapeError(f"ladder 'decode_blocks': the largest ({ladder.decode_blocks[-1]} blocks = "
-                             f"{max_ctx} tokens) must cover seq_length {cfg.seq_length}")
         self._ms = ms
         self.model = LlamaModel(cfg, rt, weights)
         self.prefill_step = PrefillStep(self.model)
