@@ -138,8 +138,11 @@ class AsyncEngine:
     # ---- engine thread -----------------------------------------------------------------------
     def _run(self) -> None:
         pending: list[Sampled] = []
+        stalled = False     # work exists but nothing fit last time: wait for a change, don't spin
         while True:
             with self._cond:
+                if stalled and not (self._inbox or self._aborts or self._stop):
+                    self._cond.wait(timeout=0.01)
                 while not (self._inbox or self._aborts or self._stop or pending or self.scheduler.has_work):
                     self._cond.wait()
                 new, self._inbox = list(self._inbox), deque()
@@ -163,9 +166,16 @@ class AsyncEngine:
                 pending = []
                 continue
             batch = self.scheduler.schedule()
+            for seq in self.scheduler.rejected:
+                handle = self._handles.get(seq.seq_id)
+                if handle:
+                    self._finish(handle, "error", events, error=f"{ERROR_ABNORMAL_STOP} (the request "
+                                 "fits no compiled shape: check scheduler_config against max_generate_length)")
+            self.scheduler.rejected.clear()
             submitted = False
             if batch is not None:
                 submitted = self._submit(batch, events)
+            stalled = batch is None
             self._emit(pending, events)       # overlaps the model step just submitted
             pending = []
             if submitted:

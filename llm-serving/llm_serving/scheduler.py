@@ -59,6 +59,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.prefix_queried = 0                 # tokens looked up / served by the prefix cache
         self.prefix_hits = 0
+        self.rejected: list[Sequence] = []      # can never fit a compiled shape (config bug)
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -119,6 +120,9 @@ class Scheduler:
             need = self.blocks.blocks_needed(seq, seq.num_computed + chunk)
             if shape is None or self.blocks.num_free - need < reserve:
                 self._undo_match(seq, new)
+                if shape is None and not items and len(self.running) == int(not new):
+                    self.remove(seq)            # alone in an idle engine and still no shape
+                    self.rejected.append(seq)
                 break
             self.blocks.allocate(seq, seq.num_computed + chunk)
             tokens += chunk
