@@ -1,0 +1,33 @@
+"""Shared fixtures of the msllama tests."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from msllama.debug_data import TOKENIZER_FILE, build_all
+from msllama.tokenizer import Tokenizer
+
+CONTEST_DIR = "/work/shared/contest"
+
+
+@pytest.fixture(scope="session")
+def debug_assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Debug tokenizer and stand-in datasets, built once per session: {file name: path}."""
+    return build_all(str(tmp_path_factory.mktemp("debug_assets")))
+
+
+@pytest.fixture(scope="session")
+def debug_tokenizer(debug_assets: dict[str, str]) -> Tokenizer:
+    return Tokenizer(debug_assets[TOKENIZER_FILE])
+
+
+@pytest.fixture(scope="session")
+def contest_file():
+    """Path of a file of the real contest data; skips the test when it is absent."""
+    def path(name: str) -> str:
+        p = os.path.join(CONTEST_DIR, name)
+        if not os.path.isfile(p):
+            pytest.skip(f"{p} is absent")
+        return p
+    return path
