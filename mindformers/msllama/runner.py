@@ -6,6 +6,7 @@ and masks are derived here with numpy, then padded to the smallest compiled shap
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -104,12 +105,12 @@ class ModelRunner:
 
         from .model import DecodeStep, LlamaModel, PrefillStep
 
-        if rt.compile_cache:
-            # MindSpore keys cached graphs by compile order: warm-up always compiles the full
-            # ladder in one fixed order, and the cache folder is keyed by config + ladder.
-            os.environ.setdefault("MS_COMPILER_CACHE_ENABLE", "1")
-            os.environ.setdefault("MS_COMPILER_CACHE_PATH", rt.compile_cache)
         ms.set_context(mode=rt.mode, device_target=rt.device_target, device_id=rt.device_id)
+        if rt.compile_cache:
+            # MindSpore finds cached graphs by compile order: warm-up always compiles the whole
+            # ladder in one fixed order, into a folder keyed by everything that shapes the graphs.
+            ms.set_context(enable_compile_cache=True,
+                           compile_cache_path=os.path.join(rt.compile_cache, compile_cache_key(cfg, rt, ladder)))
         self.cfg, self.rt, self.ladder = cfg, rt, ladder
         self._ms = ms
         self.model = LlamaModel(cfg, rt, weights)
@@ -213,6 +214,19 @@ class ModelRunner:
         if progress:
             progress(len(shapes), len(shapes), "done")
         return time.time() - start
+
+
+def compile_cache_key(cfg: LlamaConfig, rt: RuntimeConfig, ladder: Ladder) -> str:
+    import hashlib
+
+    import mindspore
+
+    graph_rt = dataclasses.replace(rt, checkpoint="", tokenizer="", compile_cache="")
+    h = hashlib.sha256(repr((cfg, graph_rt, ladder, mindspore.__version__)).encode())
+    for name in ("model.py", "runner.py"):
+        with open(os.path.join(os.path.dirname(__file__), name), "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
 
 
 def _pad(a: np.ndarray, size: int, value: int) -> np.ndarray:

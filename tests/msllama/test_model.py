@@ -125,3 +125,34 @@ def test_step_that_fits_no_bucket_is_a_clear_error(gqa):
     runner, _ = gqa
     with pytest.raises(ShapeError, match="fits no bucket"):
         step(runner, [[1] * 200], [0], tables_for([13]), prefill=True)
+
+
+CACHE_PROBE = """
+import sys, numpy as np
+from msllama.config import LlamaConfig, RuntimeConfig
+from msllama.reference import ReferenceModel
+from msllama.runner import Ladder, ModelRunner, StepInput
+from msllama.sampling import SamplingBatch
+from msllama.weights import random_weights
+cfg = LlamaConfig(hidden_size=64, num_layers=1, num_heads=4, n_kv_heads=2, intermediate_size=160, seq_length=64)
+w = random_weights(cfg, seed=int(sys.argv[2]))
+ladder = Ladder(decode_batches=(1,), decode_blocks=(2,), prefill_tokens=(32,), prefill_context_factors=(1,))
+r = ModelRunner(cfg, RuntimeConfig(num_blocks=8, compile_cache=sys.argv[1]), w, ladder)
+r.warmup()
+p = list(range(5, 25))
+one = lambda a: np.array(a, np.int32)
+o = r.step(StepInput(True, one(p), one([20]), one([20]), one([[1, 2]]), one([19]), SamplingBatch.greedy(1), one([19])))
+print(float(np.abs(o.logits[0] - ReferenceModel(cfg, w).forward(p)[-1]).max()))
+"""
+
+
+def test_compile_cache_reuses_graphs_but_never_weights(tmp_path):
+    import subprocess
+    import sys
+    diffs = []
+    for seed in (1, 2):   # the second process loads graphs compiled with the first one's weights
+        out = subprocess.run([sys.executable, "-c", CACHE_PROBE, str(tmp_path), str(seed)],
+                             capture_output=True, text=True, timeout=300, check=True).stdout
+        diffs.append(float(out.strip().splitlines()[-1]))
+    assert len(list(tmp_path.iterdir())) == 1           # one folder, keyed by config + ladder + code
+    assert max(diffs) < 1e-4, diffs
