@@ -2,7 +2,8 @@
 
     python acc_allclose.py --base_path file_npy_base --new_path file_npy
 
-Files are paired by name: `<key>_<p>.npy` (prompt key, position). The original kit prefixed a
+Files are paired by name: `<key>_<p>.npy` (prompt key, position). A `.npz` archive in a folder
+counts as the `.npy` files it holds (the kit ships its baseline that way, compressed). The original kit prefixed a
 unix timestamp (`<time>_<ids20>_<p>.npy`); a leading timestamp component is ignored so that its
 files pair with ours. A pair passes when `np.allclose(new, base, atol=5e-3, rtol=1e-5)` holds over
 the whole row (shapes equal once size-1 axes are dropped). Every base file needs a partner; extra
@@ -15,6 +16,7 @@ import argparse
 import importlib.util
 import re
 import sys
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +33,20 @@ class LogitsFileError(ValueError):
     """A .npy file cannot be read as a float array; the message names the file."""
 
 
+@dataclass(frozen=True)
+class LogitsSource:
+    """One `<key>_<p>.npy`: a file, or a member of a `.npz` archive."""
+    path: Path
+    member: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.member or self.path.name
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.member}" if self.member else str(self.path)
+
+
 def pair_key(file_name: str) -> str:
     """`<time>_<key>_<p>.npy` and `<key>_<p>.npy` both give `<key>_<p>`."""
     parts = file_name[: -len(".npy")].split("_")
@@ -45,8 +61,16 @@ def _sort_key(key: str) -> Tuple[str, int]:
     return (head, int(pos)) if pos.isdigit() else (key, -1)
 
 
-def load_logits(path: Path) -> np.ndarray:
+def load_logits(source: LogitsSource) -> np.ndarray:
     """A float64 array from a plain .npy, or from the original kit's object array of MindSpore Tensors."""
+    if source.member:
+        try:
+            with zipfile.ZipFile(source.path) as zf, zf.open(source.member) as f:
+                arr = np.lib.format.read_array(f, allow_pickle=False)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            raise LogitsFileError(f"{source}: not a readable .npy member ({exc})") from None
+        return _check_floats(source, arr)
+    path = source.path
     try:
         arr = np.load(path, allow_pickle=False)
     except ValueError as exc:
@@ -55,8 +79,12 @@ def load_logits(path: Path) -> np.ndarray:
         arr = _load_pickled(path)
     except (OSError, EOFError) as exc:
         raise LogitsFileError(f"{path}: not a readable .npy file ({exc})") from None
+    return _check_floats(source, arr)
+
+
+def _check_floats(source: LogitsSource, arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind not in "fiu":
-        raise LogitsFileError(f"{path}: holds {arr.dtype} values, expected floats")
+        raise LogitsFileError(f"{source}: holds {arr.dtype} values, expected floats")
     return arr.astype(np.float64)
 
 
@@ -100,17 +128,29 @@ class Report:
         return self.total > 0 and self.passed == self.total
 
 
-def index_folder(folder: Path) -> Tuple[Dict[str, Path], Dict[str, List[str]]]:
+def sources(folder: Path) -> List[LogitsSource]:
+    """The .npy files of a folder and the .npy members of its .npz archives."""
+    found = [LogitsSource(p) for p in sorted(folder.glob("*.npy"))]
+    for archive in sorted(folder.glob("*.npz")):
+        try:
+            with zipfile.ZipFile(archive) as zf:
+                found += [LogitsSource(archive, m) for m in sorted(zf.namelist()) if m.endswith(".npy")]
+        except zipfile.BadZipFile as exc:
+            raise LogitsFileError(f"{archive}: not a readable .npz archive ({exc})") from None
+    return found
+
+
+def index_folder(folder: Path) -> Tuple[Dict[str, LogitsSource], Dict[str, List[str]]]:
     """Key -> file, and the keys claimed by several files (which cannot be paired)."""
-    by_key: Dict[str, List[Path]] = defaultdict(list)
-    for path in sorted(folder.glob("*.npy")):
-        by_key[pair_key(path.name)].append(path)
+    by_key: Dict[str, List[LogitsSource]] = defaultdict(list)
+    for source in sources(folder):
+        by_key[pair_key(source.name)].append(source)
     unique = {k: v[0] for k, v in by_key.items() if len(v) == 1}
     clashes = {k: [p.name for p in v] for k, v in by_key.items() if len(v) > 1}
     return unique, clashes
 
 
-def compare_pair(key: str, base_file: Path, new_file: Path, atol: float, rtol: float) -> PairResult:
+def compare_pair(key: str, base_file: LogitsSource, new_file: LogitsSource, atol: float, rtol: float) -> PairResult:
     try:
         base, new = np.squeeze(load_logits(base_file)), np.squeeze(load_logits(new_file))
     except LogitsFileError as exc:
@@ -156,7 +196,7 @@ def format_report(report: Report, atol: float, rtol: float, worst: int) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base_path", required=True, help="folder of baseline .npy files")
+    parser.add_argument("--base_path", required=True, help="folder of baseline .npy files (or .npz archives)")
     parser.add_argument("--new_path", required=True, help="folder of .npy files to check")
     parser.add_argument("--atol", type=float, default=ATOL)
     parser.add_argument("--rtol", type=float, default=RTOL)
@@ -167,10 +207,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         if not folder.is_dir():
             print(f"error: {flag}: folder not found: {folder}", file=sys.stderr)
             return 2
-    if not any(base_dir.glob("*.npy")):
-        print(f"error: --base_path: no .npy files in {base_dir}", file=sys.stderr)
+    try:
+        if not sources(base_dir):
+            print(f"error: --base_path: no .npy files (or .npz archives of them) in {base_dir}", file=sys.stderr)
+            return 2
+        report = compare_folders(base_dir, new_dir, args.atol, args.rtol)
+    except LogitsFileError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    report = compare_folders(base_dir, new_dir, args.atol, args.rtol)
     print(format_report(report, args.atol, args.rtol, args.worst))
     return 0 if report.ok else 1
 

@@ -14,7 +14,7 @@ import pytest
 PERF_DIR = Path(__file__).resolve().parents[2] / "performance_serving"
 sys.path.insert(0, str(PERF_DIR))
 
-from acc_allclose import LogitsFileError, compare_folders, load_logits, pair_key  # noqa: E402
+from acc_allclose import LogitsFileError, LogitsSource, compare_folders, load_logits, pair_key  # noqa: E402
 
 VOCAB = 512
 # `<ids>_<p>`: the first prompt ids joined as digits, then the position (PROTOCOL.md §3).
@@ -118,10 +118,10 @@ def test_pickled_file_without_mindspore_names_the_need(tmp_path):
     np.save(tmp_path / "x_0.npy", obj, allow_pickle=True)
     if importlib.util.find_spec("mindspore") is None:
         with pytest.raises(LogitsFileError, match="needs mindspore"):
-            load_logits(tmp_path / "x_0.npy")
+            load_logits(LogitsSource(tmp_path / "x_0.npy"))
     else:
         with pytest.raises(LogitsFileError, match="x_0.npy: cannot convert"):
-            load_logits(tmp_path / "x_0.npy")
+            load_logits(LogitsSource(tmp_path / "x_0.npy"))
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mindspore") is None, reason="mindspore not installed")
@@ -134,8 +134,24 @@ def test_original_kit_files_of_mindspore_tensors_are_read(tmp_path):
         obj = np.empty(1, dtype=object)
         obj[0] = ms.Tensor(row[None, :])  # the original saved [1, vocab] Tensors in an object array
         np.save(tmp_path / "base" / f"1712345678.25_{name}.npy", obj, allow_pickle=True)
-    loaded = load_logits(tmp_path / "base" / f"1712345678.25_{KEYS[0]}.npy")
+    loaded = load_logits(LogitsSource(tmp_path / "base" / f"1712345678.25_{KEYS[0]}.npy"))
     assert loaded.shape == (1, 1, VOCAB)
     assert loaded.dtype == np.float64 and np.array_equal(loaded[0, 0], rows[KEYS[0]])
     report = compare_folders(tmp_path / "base", tmp_path / "new")
     assert report.total == 2 and report.ok and all(p.max_abs_diff == 0.0 for p in report.pairs)
+
+
+def test_an_npz_archive_counts_as_its_npy_members(tmp_path):
+    import zipfile
+    rows = _write_folder(tmp_path / "new", KEYS)
+    (tmp_path / "base").mkdir()
+    with zipfile.ZipFile(tmp_path / "base" / "base.npz", "w", zipfile.ZIP_BZIP2) as zf:
+        for name, row in rows.items():
+            with zf.open(f"{name}.npy", "w") as member:
+                np.lib.format.write_array(member, row)
+    assert _run(tmp_path / "base", tmp_path / "new").returncode == 0
+    changed = rows[KEYS[1]].copy()
+    changed[3] += 1e-2
+    np.save(tmp_path / "new" / f"{KEYS[1]}.npy", changed)
+    result = _run(tmp_path / "base", tmp_path / "new")
+    assert result.returncode == 1 and KEYS[1] in result.stdout
