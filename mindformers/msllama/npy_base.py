@@ -2,6 +2,10 @@
 
     python -m msllama.npy_base [--config predict.yaml] [--dataset alpaca_521.json] [--records 500]
                                [--out file_npy_base] [--workers 2]
+    python -m msllama.npy_base --subset-of file_npy_base/alpaca_521_500.npz --records 50 --out DIR
+
+The second form copies the rows of the first N records out of an existing archive (a run over
+fewer records needs a baseline of exactly those records: every base file must have a partner).
 
 For each record (prompt built as the judge builds it, greedy, max_new_tokens = the piece count of
 the reference output) the rows at the positions of `msllama.logits_files.saved_positions` are
@@ -89,6 +93,25 @@ def build(config_path: str, dataset: str, records: int, out_dir: str, workers: i
     return path
 
 
+def subset(archive: str, config_path: str, dataset: str, records: int, out_dir: str) -> str:
+    """Copy the members belonging to the first `records` records of `dataset` into a new archive."""
+    from .config import load_predict_config
+    from .tokenizer import Tokenizer
+
+    tok = Tokenizer(load_predict_config(config_path).runtime.tokenizer)
+    with open(dataset, encoding="utf-8") as f:
+        data = json.load(f)[:records]
+    keys = {logits_files.prompt_key(tok.encode(judge_prompt(r))) for r in data}
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{os.path.splitext(os.path.basename(dataset))[0]}_{len(data)}.npz")
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_BZIP2) as dst:
+        members = [m for m in src.namelist() if m.rpartition("_")[0] in keys]
+        for m in members:
+            dst.writestr(m, src.read(m))
+    print(f"wrote {path}: {len(members)} rows of the first {len(data)} records")
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="reference logits for task 2 (file_npy_base)")
     parser.add_argument("--config", default=DEBUG_PREDICT_YAML, help="mindformers predict YAML")
@@ -96,8 +119,12 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=500)
     parser.add_argument("--out", default="file_npy_base")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--subset-of", default="", help="copy the first --records records' rows from this archive")
     args = parser.parse_args()
-    build(args.config, args.dataset, args.records, args.out, args.workers)
+    if args.subset_of:
+        subset(args.subset_of, args.config, args.dataset, args.records, args.out)
+    else:
+        build(args.config, args.dataset, args.records, args.out, args.workers)
 
 
 if __name__ == "__main__":
