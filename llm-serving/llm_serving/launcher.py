@@ -6,10 +6,12 @@ Task 2 saves next-token logits rows for the precision check into --save-logits-d
 config's serving_config.save_logits_dir, else ./file_npy; task 1 saves none. Once /health answers
 200 it prints "Serving <model> at http://host:port (task N)".
 
+When an agent dies it prints which one and why; the server stays up answering 503 (with the
+reason on /health) until it is stopped, so that clients and health checks see the failure.
+
 Exit codes: 0 after SIGINT/SIGTERM (no new requests, in-flight ones finish or are aborted within
 serving_config.drain_seconds, agents stopped, shared memory unlinked); 1 when start-up fails or an
-agent dies (the server does not outlive its model: it says which agent and why, then stops);
-2 for a bad config or flag.
+agent died while serving (after the same clean stop); 2 for a bad config or flag.
 """
 from __future__ import annotations
 
@@ -151,7 +153,7 @@ class Launcher:
 
 
 class _Watcher(threading.Thread):
-    """Announces the server once /health answers 200; stops it when an agent dies."""
+    """Announces the server once /health answers 200; reports an agent's death once."""
 
     def __init__(self, launcher: Launcher, worker: Worker):
         super().__init__(name="launcher-watch", daemon=True)
@@ -175,9 +177,8 @@ class _Watcher(threading.Thread):
                 announced = True
             dead = self.worker.dead_agent()
             if dead is not None:
-                print(f"error: {dead}; stopping the server", file=sys.stderr, flush=True)
+                print(f"error: {dead}; the server answers 503 until it is stopped", file=sys.stderr, flush=True)
                 self.failure = dead
-                self.launcher.server.should_exit = True
                 return
 
 

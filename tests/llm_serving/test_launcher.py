@@ -108,7 +108,7 @@ def _is_agent_of(pid: int, launcher_pid: int) -> bool:
         return False
 
 
-def test_a_killed_agent_is_named_and_the_server_stops(serving_yaml, launch):
+def test_a_killed_agent_is_named_and_reported_by_health_until_stopped(serving_yaml, launch):
     launched = launch(serving_yaml("small"), "--task", "1")
     url = f"http://127.0.0.1:{launched.wait_for(SERVING_LINE).group(1)}"
     agent = int(re.search(r"agent pids \[(\d+)\]", launched.output).group(1))
@@ -121,7 +121,9 @@ def test_a_killed_agent_is_named_and_the_server_stops(serving_yaml, launch):
     launched.wait_for(rf"agent 0 \(pid {agent}\) died: killed by signal 9 \(SIGKILL\)", timeout=10)
     client.join(timeout=30)
     assert not client.is_alive(), "the request in flight hangs"
-    assert launched.proc.wait(timeout=30) == 1
+    health = requests.get(f"{url}/health", timeout=5)
+    assert health.status_code == 503 and "SIGKILL" in health.json()["reason"]
+    assert launched.stop(signal.SIGINT) == 1, launched.output
     assert _leftovers(launched) == ([], [])
 
 
