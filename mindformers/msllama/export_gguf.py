@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -161,37 +162,33 @@ def export_gguf(cfg: LlamaConfig, weights: dict[str, np.ndarray], tokenizer_path
     writer.close()
 
 
-def _model_config(src: str, config: str | None) -> tuple[LlamaConfig, str]:
-    """The architecture (from --config, else the HF folder's config.json) and the config's tokenizer."""
-    if config:
-        predict = load_predict_config(config)
-        return predict.model, predict.runtime.tokenizer
-    if os.path.isdir(src):
-        from .checkpoint import read_hf_config
-        return read_hf_config(src), ""
-    raise ValueError(f"--config: required when --src is a checkpoint file ({src!r}), "
-                     "only an HF folder carries its own config.json")
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m msllama.export_gguf", description=__doc__.split("\n")[0])
     parser.add_argument("--src", required=True, help="HF folder (config.json + safetensors) or mindformers .ckpt")
-    parser.add_argument("--config", help="predict YAML giving the architecture (required for a .ckpt)")
+    parser.add_argument("--config", help="mindformers predict YAML with the architecture (required for a .ckpt)")
     parser.add_argument("--tokenizer", help="sentencepiece tokenizer.model (default: the config's "
-                                            "vocab_file, else <src folder>/tokenizer.model)")
+                                            "vocab_file, else tokenizer.model in the --src folder)")
     parser.add_argument("--out", required=True, help="GGUF file to write")
     args = parser.parse_args(argv)
 
-    cfg, config_tokenizer = _model_config(args.src, args.config)
-    tokenizer = args.tokenizer or config_tokenizer
-    if not tokenizer and os.path.isdir(args.src):
-        tokenizer = os.path.join(args.src, "tokenizer.model")
-    if not tokenizer:
-        parser.error("--tokenizer: required (the config names no vocab_file)")
+    # imported here: checkpoint loading needs MindSpore, `export_gguf` itself only numpy and gguf
     from .checkpoint import load_weights
-    export_gguf(cfg, load_weights(args.src, cfg), tokenizer, args.out)
+    from .convert import source_config
+
+    try:
+        cfg = source_config(args.src, args.config)
+        tokenizer = args.tokenizer or (load_predict_config(args.config).runtime.tokenizer if args.config else "")
+        if not tokenizer and os.path.isdir(args.src):
+            tokenizer = os.path.join(args.src, "tokenizer.model")
+        if not tokenizer:
+            raise ValueError("--tokenizer: required (the config names no processor.tokenizer.vocab_file)")
+        export_gguf(cfg, load_weights(args.src, cfg), tokenizer, args.out)
+    except (ValueError, KeyError, OSError) as e:  # ConfigError and CheckpointError are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     print(f"wrote {args.out} ({os.path.getsize(args.out) / 2**20:.1f} MiB)")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 
 gguf = pytest.importorskip("gguf")
 spm = pytest.importorskip("sentencepiece")
@@ -161,9 +162,37 @@ def test_bad_inputs_name_the_problem(tokenizer: str, weights: dict[str, np.ndarr
         export_gguf(LlamaConfig(**{**CFG.__dict__, "bos_token_id": 5}), weights, tokenizer, out)
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         export_gguf(CFG, weights, str(tmp_path / "none.model"), out)
-    with pytest.raises(ValueError, match="--config: required"):
-        main(["--src", str(tmp_path / "model.ckpt"), "--tokenizer", tokenizer, "--out", out])
     assert not os.path.exists(out)
+
+
+def test_cli_exports_hf_folders_and_ckpt_files(tokenizer: str, weights, tmp_path, capsys) -> None:
+    from msllama.checkpoint import save_ckpt, save_hf
+
+    direct = tmp_path / "direct.gguf"
+    export_gguf(CFG, weights, tokenizer, str(direct))
+
+    hf = tmp_path / "hf"
+    save_hf(weights, CFG, str(hf))
+    assert main(["--src", str(hf), "--tokenizer", tokenizer, "--out", str(tmp_path / "hf.gguf")]) == 0
+    assert (tmp_path / "hf.gguf").read_bytes() == direct.read_bytes()
+
+    ckpt = str(tmp_path / "model.ckpt")
+    save_ckpt(weights, ckpt)
+    assert main(["--src", ckpt, "--out", str(tmp_path / "no.gguf")]) == 2
+    assert "--config is required" in capsys.readouterr().err
+    arch = {"vocab_size": CFG.vocab_size, "hidden_size": CFG.hidden_size, "num_layers": CFG.num_layers,
+            "num_heads": CFG.num_heads, "n_kv_heads": CFG.n_kv_heads, "intermediate_size": CFG.ffn_hidden,
+            "seq_length": CFG.seq_length, "rms_norm_eps": CFG.rms_norm_eps, "rope_theta": CFG.rope_theta}
+    predict = tmp_path / "predict.yaml"
+    predict.write_text(yaml.safe_dump({"model": {"model_config": arch}}), encoding="utf-8")
+    assert main(["--src", ckpt, "--config", str(predict), "--out", str(tmp_path / "no.gguf")]) == 2
+    assert "--tokenizer: required" in capsys.readouterr().err
+    # the tokenizer defaults to the one the predict YAML names
+    predict.write_text(yaml.safe_dump({"model": {"model_config": arch},
+                                       "processor": {"tokenizer": {"vocab_file": tokenizer}}}), encoding="utf-8")
+    assert main(["--src", ckpt, "--config", str(predict), "--out", str(tmp_path / "ckpt.gguf")]) == 0
+    assert (tmp_path / "ckpt.gguf").read_bytes() == direct.read_bytes()
+    assert not (tmp_path / "no.gguf").exists()
 
 
 @pytest.fixture(scope="module")
@@ -184,8 +213,10 @@ def test_llama_server_matches_the_float64_reference(peers, tokenizer: str, weigh
     export_gguf(CFG, weights, tokenizer, model)
     ref = ReferenceModel(CFG, weights)
     prompts = verify.random_prompts(CFG, count=2, length=12, seed=1)
+    never_sample = llamacpp.byte_tokens(model)
+    assert len(never_sample) == 256
     with llamacpp.LlamaServer(model, log_path=str(tmp_path / "server.log")) as server:
-        results = [verify.compare(ref, p, server.greedy(p, 24, CFG.vocab_size)) for p in prompts]
+        results = [verify.compare(ref, server, p, 24, never_sample) for p in prompts]
     for r in results:
         assert r.steps == 24
         assert r.max_abs_logprob_diff < 1e-4
