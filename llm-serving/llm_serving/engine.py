@@ -58,11 +58,12 @@ class RequestHandle:
             self.done = True
         return event
 
-    def abort(self) -> None:
-        """Stop generating (client gone); blocks are freed at the next step. Idempotent."""
+    def abort(self, reason: str = "abort") -> None:
+        """Stop generating (client gone, or "stop": a stop string matched); blocks are freed at
+        the next step. Idempotent."""
         if not self.done:
             self.done = True
-            self._engine._request_abort(self)
+            self._engine._request_abort(self, reason)
 
 
 class AsyncEngine:
@@ -79,7 +80,7 @@ class AsyncEngine:
         self._stop = False
         self._cond = threading.Condition()
         self._inbox: deque[RequestHandle] = deque()
-        self._aborts: deque[RequestHandle] = deque()
+        self._aborts: deque[tuple[RequestHandle, str]] = deque()
         self._handles: dict[int, RequestHandle] = {}
         self._ids = itertools.count()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
@@ -111,9 +112,9 @@ class AsyncEngine:
             self._cond.notify()
         return handle
 
-    def _request_abort(self, handle: RequestHandle) -> None:
+    def _request_abort(self, handle: RequestHandle, reason: str) -> None:
         with self._cond:
-            self._aborts.append(handle)
+            self._aborts.append((handle, reason))
             self._cond.notify()
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -152,8 +153,8 @@ class AsyncEngine:
             for handle in new:
                 self._handles[handle.seq.seq_id] = handle
                 self.scheduler.add(handle.seq)
-            for handle in aborts:
-                self._finish(handle, "abort", events)
+            for handle, reason in aborts:
+                self._finish(handle, reason, events)
             if stopping:
                 self._emit(pending, events)
                 for handle in list(self._handles.values()):

@@ -53,7 +53,7 @@ async def deltas(handle: Any, stops: Sequence[str]) -> AsyncIterator[Delta]:
         if checker is not None:
             text = checker.push(text)
             if checker.stopped:
-                handle.abort()
+                handle.abort("stop")
                 yield Delta(event, text, "stop")
                 return
             if reason is not None:
