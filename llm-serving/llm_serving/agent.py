@@ -23,9 +23,11 @@ import sys
 import time
 import traceback
 
-from .config import ServingConfig, load_serving_config
-from .transport import (ConnectionClosed, Msg, SharedStep, StepHeader, StepLimits, pack_done, pack_failed,
-                        recv_message, send_json, send_message)
+# Absolute imports: with MindSpore's compile cache on, MindSpore parses the entry script (this
+# file) for its imports and cannot resolve relative ones (ImportError at the first compile).
+from llm_serving.config import ServingConfig, load_serving_config
+from llm_serving.transport import (ConnectionClosed, Msg, SharedStep, StepHeader, StepLimits, pack_done,
+                                   pack_failed, recv_message, send_json, send_message)
 
 ACCEPT_TIMEOUT = 60.0       # seconds to wait for the worker to connect
 _PR_SET_PDEATHSIG = 1

@@ -1,8 +1,8 @@
 """Fixtures of the llm_serving tests: a tiny model on disk, serving YAMLs for it, real servers.
 
     tiny_model      (session) folder with a 2-layer predict YAML, its random .ckpt and tokenizer
-    serving_yaml    (session) factory: serving_yaml(ladder="small", **serving_config) -> path of a serving YAML
-                    for the tiny model with free ports; ladders: LADDERS below
+    serving_yaml    (session) factory: serving_yaml(ladder="small", compile_cache="", **serving_config)
+                    -> path of a serving YAML for the tiny model with free ports; ladders: LADDERS below
     launch          factory: launch(config_path, "--task", "1", ...) -> Launched (a running
                     `examples/start.py`); every process it started is stopped at teardown
     server          (session) one launched task-1 server of the tiny model, ready (health 200):
@@ -73,8 +73,9 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     return folder
 
 
-def write_serving_yaml(folder: str, tiny_model: str, ladder: str = "small", **serving_config) -> str:
-    lad = dict(LADDERS[ladder])
+def write_serving_yaml(folder: str, tiny_model: str, ladder: str = "small", compile_cache: str = "",
+                       **serving_config) -> str:
+    lad = dict(LADDERS[ladder], compile_cache=compile_cache)
     data = {
         "model_config": {"model_name": "llama2",
                          "model_cfg_path": os.path.join(tiny_model, "predict_tiny.yaml"),
@@ -96,8 +97,9 @@ def write_serving_yaml(folder: str, tiny_model: str, ladder: str = "small", **se
 
 @pytest.fixture(scope="session")
 def serving_yaml(tiny_model: str, tmp_path_factory: pytest.TempPathFactory):
-    def make(ladder: str = "small", **serving_config) -> str:
-        return write_serving_yaml(str(tmp_path_factory.mktemp("serving")), tiny_model, ladder, **serving_config)
+    def make(ladder: str = "small", compile_cache: str = "", **serving_config) -> str:
+        return write_serving_yaml(str(tmp_path_factory.mktemp("serving")), tiny_model, ladder, compile_cache,
+                                  **serving_config)
     return make
 
 

@@ -134,9 +134,11 @@ def test_shutdown_stops_the_agents_and_unlinks_the_segments(worker):
     assert _segments(prefix) == [] and not worker.alive()
 
 
-def test_kill_9_of_an_agent_raises_agent_died_with_the_signal(serving_yaml):
-    worker = Worker(load_serving_config(serving_yaml("minimal")))
+def test_kill_9_of_an_agent_raises_agent_died_with_the_signal(serving_yaml, tmp_path):
+    # with MindSpore's compile cache on, which once broke the agent's first compile
+    worker = Worker(load_serving_config(serving_yaml("minimal", compile_cache=str(tmp_path / "cache"))))
     worker.start()
+    assert os.listdir(tmp_path / "cache")
     prefix = worker.shm_prefix
     try:
         step = _greedy(True, [np.arange(3, 9)], np.array([6]), np.array([[1]], np.int32))
