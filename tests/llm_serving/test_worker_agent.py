@@ -181,6 +181,26 @@ def test_agents_die_with_their_worker_process(serving_yaml):
     assert _segments(prefix) == []
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+def test_an_agent_dies_with_its_parent_even_before_anyone_connects(serving_yaml):
+    # Waiting in accept(), the agent has no connection to lose: only PR_SET_PDEATHSIG can end it.
+    args = ["-m", "llm_serving.agent", "--config", serving_yaml("minimal"), "--rank", "0", "--port", "0",
+            "--shm", "llmsrv_0_unused"]
+    code = ("import os, subprocess, sys, time; "
+            f"p = subprocess.Popen([sys.executable, *{args!r}, '--parent-pid', str(os.getpid())]); "
+            "print(p.pid, flush=True); time.sleep(600)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    time.sleep(1.0)     # past its start-up, into accept()
+    assert not _gone(pid)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(pid), "the agent outlived its parent"
+
+
 def test_an_agent_that_fails_to_load_reports_why(serving_yaml, tmp_path):
     path = serving_yaml("minimal")
     with open(path) as f:
