@@ -58,6 +58,13 @@ def _gone(pid: int) -> bool:
         return True
 
 
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return _gone(pid)
+
+
 def _greedy(is_prefill: bool, tokens: list[np.ndarray], context: np.ndarray, tables: np.ndarray,
             logits_rows: list[int] = ()) -> StepInput:
     seq_lens = np.array([len(t) for t in tokens], np.int32)
@@ -173,10 +180,7 @@ def test_agents_die_with_their_worker_process(serving_yaml):
     finally:
         proc.kill()
         proc.wait()
-    deadline = time.monotonic() + 5
-    while not _gone(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _gone(pid), "the agent outlived its worker"
+    assert _gone_within(pid, 5), "the agent outlived its worker"
     remove_stale_segments()     # what the next server does at start
     assert _segments(prefix) == []
 
@@ -195,10 +199,7 @@ def test_an_agent_dies_with_its_parent_even_before_anyone_connects(serving_yaml)
     assert not _gone(pid)
     parent.kill()
     parent.wait()
-    deadline = time.monotonic() + 5
-    while not _gone(pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert _gone(pid), "the agent outlived its parent"
+    assert _gone_within(pid, 5), "the agent outlived its parent"
 
 
 def test_an_agent_that_fails_to_load_reports_why(serving_yaml, tmp_path):
