@@ -40,6 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", required=True, help="serving YAML, e.g. configs/llama/llama_7b_kbk_pa_dyn.yaml")
     p.add_argument("--host", help="overrides serving_config.server_ip")
     p.add_argument("--port", type=int, help="overrides serving_config.server_port")
+    p.add_argument("--tokenizer", help="overrides tokenizer.vocab_file (a sentencepiece tokenizer.model)")
     p.add_argument("--save-logits-dir", help=f"task 2: folder for logits rows (default: the config's, else "
                                              f"{DEFAULT_LOGITS_DIR})")
     return p.parse_args(argv)
@@ -55,6 +56,10 @@ def configure(args: argparse.Namespace) -> ServingConfig:
         if not 0 < args.port < 65536:
             raise ConfigError(f"flag '--port': must be in 1..65535, got {args.port}")
         changes["port"] = args.port
+    if args.tokenizer is not None:
+        if not os.path.isfile(args.tokenizer):
+            raise ConfigError(f"flag '--tokenizer': file not found: {args.tokenizer}")
+        changes["predict"] = config.predict.replace(tokenizer=os.path.abspath(args.tokenizer))
     if args.task == 2:
         folder = args.save_logits_dir or config.save_logits_dir or DEFAULT_LOGITS_DIR
         changes["save_logits_dir"] = os.path.abspath(folder)
@@ -108,6 +113,8 @@ class Launcher:
             return 1
         finally:
             worker.shutdown()
+            if self.server is not None:
+                print("server stopped: agents stopped, shared memory removed", flush=True)
 
     def _on_signal(self, signum: int, frame) -> None:
         if self.server is None:

@@ -38,7 +38,7 @@ def judge_prompt(record: dict) -> str:
     return record["instruction"] + ":" + record["input"] if record["input"] else record["instruction"]
 
 
-def _worker_init(config_path: str) -> None:
+def _worker_init(config_path: str, tokenizer_path: str) -> None:
     global _REF, _TOK
     from .checkpoint import load_weights
     from .config import load_predict_config
@@ -47,7 +47,7 @@ def _worker_init(config_path: str) -> None:
 
     pc = load_predict_config(config_path)
     _REF = ReferenceModel(pc.model, load_weights(pc.runtime.checkpoint, pc.model))
-    _TOK = Tokenizer(pc.runtime.tokenizer)
+    _TOK = Tokenizer(tokenizer_path or pc.runtime.tokenizer)
 
 
 def _record_rows(record: dict) -> list[tuple[str, np.ndarray]]:
@@ -69,7 +69,7 @@ def quantize(row: np.ndarray) -> np.ndarray:
     return (np.round(np.asarray(row, np.float64) / QUANTUM) * QUANTUM).astype(np.float32)
 
 
-def build(config_path: str, dataset: str, records: int, out_dir: str, workers: int) -> str:
+def build(config_path: str, dataset: str, records: int, out_dir: str, workers: int, tokenizer_path: str = "") -> str:
     with open(dataset, encoding="utf-8") as f:
         data = json.load(f)[:records]
     os.makedirs(out_dir, exist_ok=True)
@@ -77,7 +77,7 @@ def build(config_path: str, dataset: str, records: int, out_dir: str, workers: i
     path = os.path.join(out_dir, name)
     tmp = path + ".tmp"
     start, written = time.time(), set()
-    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(config_path,)) as pool, \
+    with ProcessPoolExecutor(workers, initializer=_worker_init, initargs=(config_path, tokenizer_path)) as pool, \
             zipfile.ZipFile(tmp, "w", zipfile.ZIP_BZIP2) as zf:
         for i, rows in enumerate(pool.map(_record_rows, data, chunksize=4)):
             for file_name, row in rows:
@@ -93,12 +93,12 @@ def build(config_path: str, dataset: str, records: int, out_dir: str, workers: i
     return path
 
 
-def subset(archive: str, config_path: str, dataset: str, records: int, out_dir: str) -> str:
+def subset(archive: str, config_path: str, dataset: str, records: int, out_dir: str, tokenizer_path: str = "") -> str:
     """Copy the members belonging to the first `records` records of `dataset` into a new archive."""
     from .config import load_predict_config
     from .tokenizer import Tokenizer
 
-    tok = Tokenizer(load_predict_config(config_path).runtime.tokenizer)
+    tok = Tokenizer(tokenizer_path or load_predict_config(config_path).runtime.tokenizer)
     with open(dataset, encoding="utf-8") as f:
         data = json.load(f)[:records]
     keys = {logits_files.prompt_key(tok.encode(judge_prompt(r))) for r in data}
@@ -119,12 +119,13 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=500)
     parser.add_argument("--out", default="file_npy_base")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--tokenizer", default="", help="overrides the predict YAML's vocab_file")
     parser.add_argument("--subset-of", default="", help="copy the first --records records' rows from this archive")
     args = parser.parse_args()
     if args.subset_of:
-        subset(args.subset_of, args.config, args.dataset, args.records, args.out)
+        subset(args.subset_of, args.config, args.dataset, args.records, args.out, args.tokenizer)
     else:
-        build(args.config, args.dataset, args.records, args.out, args.workers)
+        build(args.config, args.dataset, args.records, args.out, args.workers, args.tokenizer)
 
 
 if __name__ == "__main__":
