@@ -91,11 +91,13 @@ class AsyncEngine:
     @property
     def healthy(self) -> bool:
         """False once an agent died (noticed even while idle), the engine failed or stopped."""
+        if not self._thread.is_alive():
+            return False
         if self.failure is None and not self.worker.alive():
             self.failure = ERROR_ABNORMAL_STOP + " (a model agent died)"
             with self._cond:
                 self._cond.notify()     # the engine thread fails whatever is still queued
-        return self.failure is None and self._thread.is_alive()
+        return self.failure is None
 
     @property
     def num_waiting(self) -> int:
