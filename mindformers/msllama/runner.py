@@ -105,7 +105,8 @@ class ModelRunner:
 
         from .model import DecodeStep, LlamaModel, PrefillStep
 
-        ms.set_context(mode=rt.mode, device_target=rt.device_target, device_id=rt.device_id)
+        ms.set_device(rt.device_target, rt.device_id)
+        ms.set_context(mode=rt.mode)
         if rt.compile_cache:
             # MindSpore finds cached graphs by compile order: warm-up always compiles the whole
             # ladder in one fixed order, into a folder keyed by everything that shapes the graphs.
