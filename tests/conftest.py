@@ -1,4 +1,4 @@
-"""Fixtures of the llm_serving tests: a tiny model on disk, serving YAMLs for it, real servers.
+"""Shared fixtures: a tiny model on disk, serving YAMLs for it, real servers.
 
     tiny_model      (session) folder with a 2-layer predict YAML, its random .ckpt and tokenizer
     serving_yaml    (session) factory: serving_yaml(ladder="small", compile_cache="", **serving_config)
@@ -8,7 +8,6 @@
     server          (session) one launched task-1 server of the tiny model, ready (health 200):
                     `server.url`, `server.port`, `server.config_path`, `server.tokenizer_path`
 
-The `launch`-based fixtures skip while the engine, HTTP app or metrics modules are missing.
 """
 from __future__ import annotations
 
@@ -25,7 +24,7 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_PY = os.path.join(ROOT, "llm-serving", "examples", "start.py")
 
 TINY_MODEL = dict(seq_length=256, hidden_size=64, num_layers=2, num_heads=4, n_kv_heads=2,
@@ -150,14 +149,6 @@ class Launched:
         return self.proc.returncode
 
 
-def _require_server_modules() -> None:
-    try:
-        import llm_serving.api.app  # noqa: F401
-        import llm_serving.metrics  # noqa: F401
-    except ImportError as e:
-        pytest.skip(f"the HTTP server is not complete yet: {e}")
-
-
 def _launcher(config_path: str, *args: str) -> Launched:
     proc = subprocess.Popen([sys.executable, START_PY, "--config", config_path, *args], cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -167,7 +158,6 @@ def _launcher(config_path: str, *args: str) -> Launched:
 
 @pytest.fixture
 def launch():
-    _require_server_modules()
     started: list[Launched] = []
 
     def start(config_path: str, *args: str) -> Launched:
@@ -189,7 +179,6 @@ class RunningServer:
 
 @pytest.fixture(scope="session")
 def server(tiny_model: str, tmp_path_factory: pytest.TempPathFactory):
-    _require_server_modules()
     port = free_port()
     path = write_serving_yaml(str(tmp_path_factory.mktemp("server")), tiny_model, "server", server_port=port)
     launched = _launcher(path, "--task", "1")
