@@ -48,6 +48,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def get_free_port():
+    """The `free_port` function, for tests that write their own configs."""
+    return free_port
+
+
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
     """Folder holding predict_tiny.yaml, tiny.ckpt and tokenizer.model."""
     from msllama.checkpoint import save_ckpt

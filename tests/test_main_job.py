@@ -5,12 +5,12 @@ import os
 import re
 import subprocess
 
-from conftest import ROOT, free_port
+from msllama.assets import ROOT
 
 
-def test_run_sh_runs_both_tasks_and_passes_the_precision_check(tmp_path):
+def test_run_sh_runs_both_tasks_and_passes_the_precision_check(tmp_path, get_free_port):
     out = subprocess.run([os.path.join(ROOT, "run.sh"), "-X", "20", "-T", "2", "--task2-records", "40",
-                          "--task2-qps", "40", "--port", str(free_port()), "--out", str(tmp_path)],
+                          "--task2-qps", "40", "--port", str(get_free_port()), "--out", str(tmp_path)],
                          capture_output=True, text=True, timeout=1200)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout

@@ -68,7 +68,7 @@ def test_the_openai_backend_runs_the_same_trace_on_v1(server, short_dataset, tmp
     assert len(records) == 30 and all(r["ok"] and r["output_tokens"] == r["max_new_tokens"] for r in records)
 
 
-def debug_serving_yaml(folder, decode_batch: int) -> str:
+def debug_serving_yaml(folder, decode_batch: int, free_port) -> str:
     """The CPU debug config with a 4-graph ladder: decode batch `decode_batch` only."""
     with open(DEBUG_SERVING) as f:
         data = yaml.safe_load(f)
@@ -79,7 +79,6 @@ def debug_serving_yaml(folder, decode_batch: int) -> str:
     data["scheduler_config"].update(prefill_tokens=[256], prefill_context_factors=[1, 4],
                                     compile_cache=os.path.join(ROOT, ".cache", "compile", "tests"))
     data["tokenizer"]["vocab_file"] = os.path.normpath(os.path.join(base, data["tokenizer"]["vocab_file"]))
-    from conftest import free_port
     data["serving_config"].update(server_port=free_port(), agent_ports=[free_port()])
     path = os.path.join(folder, f"debug_batch{decode_batch}.yaml")
     with open(path, "w") as f:
@@ -88,7 +87,7 @@ def debug_serving_yaml(folder, decode_batch: int) -> str:
 
 
 @pytest.mark.parametrize("decode_batch, shuffle", [(1, False), (16, True)])
-def test_task_2_passes_the_baseline_at_any_batch_and_order(decode_batch, shuffle, launch, tmp_path):
+def test_task_2_passes_the_baseline_at_any_batch_and_order(decode_batch, shuffle, launch, tmp_path, get_free_port):
     records = 60
     with open(assets.build()["alpaca_521.json"]) as f:
         data = json.load(f)[:records]
@@ -101,7 +100,7 @@ def test_task_2_passes_the_baseline_at_any_batch_and_order(decode_batch, shuffle
                     os.path.join(ROOT, "file_npy_base", "alpaca_521_500.npz"), "--records", str(records),
                     "--out", str(base)], check=True, capture_output=True, timeout=120)
     logits = tmp_path / "file_npy"
-    server = launch(debug_serving_yaml(str(tmp_path), decode_batch), "--task", "2", "--save-logits-dir", str(logits))
+    server = launch(debug_serving_yaml(str(tmp_path), decode_batch, get_free_port), "--task", "2", "--save-logits-dir", str(logits))
     port = server.wait_for(r"Serving \S+ at http://127.0.0.1:(\d+)", timeout=600).group(1)
     out = judge("--task", "2", "-X", "50", "-T", "2", "--num-requests", str(records), "-P", port,
                 "-O", str(tmp_path), "--dataset", str(dataset), cwd=str(tmp_path))
