@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
-from judge.trace import TraceRequest
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "performance_serving"))
+from judge.trace import TraceRequest  # noqa: E402
 
 @dataclass(frozen=True)
 class Target:
@@ -90,6 +92,7 @@ def headline(record: dict) -> dict:
 
 @dataclass(frozen=True)
 class Row:
+    system: str                     # the entry in record["systems"] it comes from
     label: str
     short: str                      # x-axis label of the plot
     exec_s: Optional[float]
@@ -99,10 +102,10 @@ class Row:
     done: str
 
 
-def _server_row(label: str, short: str, m: Optional[dict]) -> Optional[Row]:
+def _server_row(system: str, label: str, short: str, m: Optional[dict]) -> Optional[Row]:
     if m is None:
         return None
-    return Row(label, short, m["exec_time_s"], m["output_throughput"], (m["ttft_ms"]["p50"], m["ttft_ms"]["p99"]),
+    return Row(system, label, short, m["exec_time_s"], m["output_throughput"], (m["ttft_ms"]["p50"], m["ttft_ms"]["p99"]),
                (m["tpot_ms"]["p50"], m["tpot_ms"]["p99"]), f"{m['completed']}/{m['failed']}")
 
 
@@ -110,21 +113,28 @@ def rows(record: dict) -> list[Row]:
     s = record["systems"]
     tuned, llama, hf, lim = (_measured(s, n) for n in ("tuned", "llamacpp", "hf", "limit"))
     out = [
-        _server_row("baseline: our kit, contest policy (legacy)", "baseline", _measured(s, "baseline")),
-        _server_row("tuned: our kit (legacy)", "tuned", tuned),
-        _server_row("tuned: our kit (openai route)", "tuned\n(openai)", _get(tuned, "openai")),
-        _server_row("llama.cpp, exact (-fa off, f32 KV)", "llama.cpp\nexact", llama),
-        _server_row("llama.cpp, default numerics", "llama.cpp\ndefaults", _get(llama, "default_numerics")),
+        _server_row("baseline", "baseline: our kit, contest policy (legacy)", "baseline", _measured(s, "baseline")),
+        _server_row("tuned", "tuned: our kit (legacy)", "tuned", tuned),
+        _server_row("tuned", "tuned: our kit (openai route)", "tuned\n(openai)", _get(tuned, "openai")),
+        _server_row("llamacpp", "llama.cpp, exact (-fa off, f32 KV)", "llama.cpp\nexact", llama),
+        _server_row("llamacpp", "llama.cpp, default numerics", "llama.cpp\ndefaults", _get(llama, "default_numerics")),
     ]
     if hf:
-        out.append(Row(f"HF transformers, static batch {hf['batch_size']}", f"HF static\nbatch {hf['batch_size']}",
+        out.append(Row("hf", f"HF transformers, static batch {hf['batch_size']}", f"HF static\nbatch {hf['batch_size']}",
                        hf["wall_s"], hf["tokens_per_s"],
                        (None, None), (None, None), f"{hf['requests']}/0"))
     if lim:
         tokens = lim["cost"]["output_tokens"]
-        out.append(Row("physical limit (lower bound)", "limit", lim["limit_exec_s"], tokens / lim["limit_exec_s"],
+        out.append(Row("limit", "physical limit (lower bound)", "limit", lim["limit_exec_s"], tokens / lim["limit_exec_s"],
                        (None, None), (None, None), "-"))
     return [r for r in out if r is not None]
+
+
+def _share(load: Optional[dict]) -> str:
+    if not load:
+        return "n/a"
+    after = load.get("after")
+    return f"{100 * load['before']:.0f} % / " + ("n/a" if after is None else f"{100 * after:.0f} %")
 
 
 def not_measured(record: dict) -> dict[str, str]:
@@ -230,20 +240,20 @@ def readme(record: dict) -> str:
         "untimed warm-up requests per server. Model: `predict_llama2_bench.yaml` (hidden 512, 8 layers, "
         "8 heads, FFN 1376, vocab 32000, 58 M parameters, fp32, random weights), the same weights for every system.",
         "",
-        "| system | exec time (s) | output tok/s | TTFT p50 / p99 (ms) | TPOT p50 / p99 (ms) | completed / failed |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| system | exec time (s) | output tok/s | TTFT p50 / p99 (ms) | TPOT p50 / p99 (ms) | completed / failed "
+        "| other processes' CPU before / after |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
+    load = record["others_cpu_share"]
     for r in rows(record):
         lines.append(f"| {r.label} | {_f(r.exec_s)} | {_f(r.tokens_per_s)} | {_f(r.ttft[0], '.0f')} / "
-                     f"{_f(r.ttft[1], '.0f')} | {_f(r.tpot[0])} / {_f(r.tpot[1])} | {r.done} |")
+                     f"{_f(r.ttft[1], '.0f')} | {_f(r.tpot[0])} / {_f(r.tpot[1])} | {r.done} | {_share(load.get(r.system))} |")
     for name, why in not_measured(record).items():
-        lines.append(f"| {name} | {why} | | | | |")
-    load = record["others_cpu_share"]
+        lines.append(f"| {name} | {why} | | | | | |")
     if load:
-        lines += ["", "CPU used by other processes just before / after each system (this benchmark idle; more than "
-                  "a few % means the figures are worse than the machine can do): "
-                  + ", ".join(f"{k} {100 * v['before']:.0f} % / {_f(v.get('after') and 100 * v['after'], '.0f')} %"
-                              for k, v in load.items()) + "."]
+        lines += ["", "The last column is the busy CPU share of other processes sampled for 2 s just before and just "
+                  "after each system, while this benchmark ran nothing: the machine has 2 cores, so more than a few % "
+                  "means that system's figures are worse than this machine can do."]
     lines += ["", "![exec time, output tok/s, TTFT and TPOT per system](plot.png)", "",
               "## Targets", "", "| target | ratio | value | met |", "|---|---|---:|---|"]
     for name, tg in h["targets"].items():
@@ -305,3 +315,23 @@ def save(record: dict, out: str) -> None:
     with open(os.path.join(out, "README.md"), "w", encoding="utf-8") as f:
         f.write(readme(record))
     plot(record, os.path.join(out, "plot.png"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="re-render README.md and plot.png of a bench_serving.py results folder")
+    p.add_argument("folder", help="a folder holding results.json")
+    args = p.parse_args(argv)
+    path = os.path.join(args.folder, "results.json")
+    if not os.path.isfile(path):
+        print(f"error: {path}: not found", file=sys.stderr)
+        return 2
+    with open(path, encoding="utf-8") as f:
+        record = json.load(f)
+    with open(os.path.join(args.folder, "README.md"), "w", encoding="utf-8") as f:
+        f.write(readme(record))
+    plot(record, os.path.join(args.folder, "plot.png"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
