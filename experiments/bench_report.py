@@ -223,9 +223,11 @@ def readme(record: dict) -> str:
     lines = [
         "# Serving peers: our kit (baseline and tuned) vs llama.cpp vs HF transformers vs the physical limit",
         "",
-        "Written by `experiments/bench_serving.py` (regenerated on every run; do not edit by hand).",
+        "Written by `experiments/bench_serving.py` (regenerated on every run; do not edit by hand)."
+        + (" Later commands measured again, with `--keep-quiet`, the systems that earlier ones had measured while "
+           "other processes loaded the CPU; quiet figures were kept." if "\n" in record.get("command", "") else ""),
         "",
-        "    " + record.get("command", ""),
+        *("    " + line for line in record.get("command", "").splitlines()),
         "",
         f"Machine: {env['nproc']} cores, {env['cpu']}, {env['memory_gib']} GiB; Python {env['python']}; "
         + ", ".join(f"{k} {v}" for k, v in env["packages"].items() if v)

@@ -61,6 +61,8 @@ EXPORTS = os.path.join(ROOT, ".cache", "bench", "peers")
 CHECK_PROMPTS, CHECK_TOKENS = 4, 32      # greedy agreement of the peers with the float64 reference
 HF_BATCH, THREADS = 16, 2
 QUIET_SHARE = 0.1                        # other processes' CPU share above which figures are suspect
+# What the figures depend on: a results folder's quiet measurements stay valid while these are unchanged.
+MEASURED_CODE = ("mindformers", "llm-serving", "performance_serving", "experiments/configs", "experiments/peers")
 
 
 class Skipped(Exception):
@@ -363,6 +365,31 @@ def wait_until_quiet(system: str, patience: float) -> float:
     return share
 
 
+def reusable(out: str, env: dict, trace_info: dict) -> dict[str, tuple[dict, dict]]:
+    """Systems of out/results.json measured on a quiet machine with this trace and unchanged served code."""
+    path = os.path.join(out, "results.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        old = json.load(f)
+    if old.get("trace") != trace_info:
+        say(f"--keep-quiet: {path} was measured on another trace: measuring every system")
+        return {}
+    commit = old["environment"]["git_commit"]
+    same_code = subprocess.call(["git", "-C", ROOT, "diff", "--quiet", commit, "HEAD", "--", *MEASURED_CODE]) == 0
+    if old["environment"]["git_tracked_changes"] or env["git_tracked_changes"] or not same_code:
+        say(f"--keep-quiet: the served code changed since {commit[:10]} (or has uncommitted changes): "
+            "measuring every system")
+        return {}
+    keep = {}
+    for name, metrics in old["systems"].items():
+        load = old["others_cpu_share"].get(name, {})
+        quiet = max(load.get("before", 1.0), load.get("after", 1.0)) <= QUIET_SHARE
+        if quiet and "skipped" not in metrics and "error" not in metrics:
+            keep[name] = (metrics, load)
+    return keep
+
+
 def environment() -> dict:
     with open("/proc/cpuinfo") as f:
         info = dict(line.split(":", 1) for line in f.read().split("\n\n")[0].splitlines() if ":" in line)
@@ -403,6 +430,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="judge warm-up requests per server (not timed)")
     p.add_argument("--start-timeout", type=float, default=900, help="seconds for our server to compile and serve")
     p.add_argument("--no-openai-run", action="store_true", help="skip the tuned server's second (openai) judge run")
+    p.add_argument("--keep-quiet", action="store_true",
+                   help="keep the figures of systems that --out/results.json measured on a quiet machine (same "
+                        "trace, served code unchanged since) and measure only the others")
     p.add_argument("--quiet-wait", type=float, default=0.0,
                    help="before each system, wait up to this many seconds for other processes to leave the CPU")
     args = p.parse_args(argv)
@@ -427,7 +457,7 @@ def main(argv: list[str] | None = None) -> int:
     work = args.work
     os.makedirs(work, exist_ok=True)
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "command.txt"), "w") as f:
+    with open(os.path.join(args.out, "command.txt"), "a" if args.keep_quiet else "w") as f:
         f.write(shlex.join([os.path.relpath(PY, ROOT), os.path.relpath(os.path.abspath(__file__), ROOT),
                             *(argv if argv is not None else sys.argv[1:])]) + "\n")
     env = environment()
@@ -438,13 +468,19 @@ def main(argv: list[str] | None = None) -> int:
     trace = physical_limit.judge_trace(args.dataset, args.tokenizer, args.requests, args.qps)
     b = Bench(args, work, trace)
     record = bench_report.new_record(args, env, trace)
+    kept = reusable(args.out, env, record["trace"]) if args.keep_quiet else {}
     say(f"trace: {b.n} requests, {sum(r.input_tokens for r in trace)} prompt + "
         f"{sum(r.max_new_tokens for r in trace)} requested output tokens, last arrival at {trace[-1].send_at:.1f} s; "
         f"systems: {', '.join(args.systems)}")
     code = 0
     try:
         for system in args.systems:
-            load = {"before": wait_until_quiet(system, args.quiet_wait)}
+            if system in kept:
+                record["systems"][system], record["others_cpu_share"][system] = kept[system]
+                say(f"{system}: kept from the previous run (measured on a quiet machine"
+                    f"{', ' + kept[system][1]['at'] if 'at' in kept[system][1] else ''})")
+                continue
+            load = {"before": wait_until_quiet(system, args.quiet_wait), "at": time.strftime("%Y-%m-%d %H:%M:%S")}
             start = time.monotonic()
             record["others_cpu_share"][system] = load
             if load["before"] > QUIET_SHARE:
