@@ -173,39 +173,53 @@ class AsyncEngine:
                 self._deliver(events)
                 pending = []
                 continue
+            t0 = time.perf_counter()
             batch = self.scheduler.schedule()
+            t1 = time.perf_counter()
             for seq in self.scheduler.rejected:
                 handle = self._handles.get(seq.seq_id)
                 if handle:
                     self._finish(handle, "error", events, error=f"{ERROR_ABNORMAL_STOP} (the request "
                                  "fits no compiled shape: check scheduler_config against max_generate_length)")
             self.scheduler.rejected.clear()
+            phases: dict[str, float] = {"schedule": t1 - t0}
             submitted = False
             if batch is not None:
-                submitted = self._submit(batch, events)
+                submitted = self._submit(batch, events, phases)
             stalled = batch is None
+            t2 = time.perf_counter()
             self._emit(pending, events)       # overlaps the model step just submitted
+            phases["detokenize"] = time.perf_counter() - t2
             pending = []
             if submitted:
-                pending = self._collect(batch, events)
+                pending = self._collect(batch, events, phases)
+                self.metrics.on_step("prefill" if batch.is_prefill else "decode",
+                                     sum(i.num_new for i in batch.items), phases)
             self._deliver(events)
             self._update_gauges()
 
-    def _submit(self, batch: Batch, events: list) -> bool:
+    def _submit(self, batch: Batch, events: list, phases: dict[str, float]) -> bool:
         try:
-            self.worker.submit(self.scheduler.build_input(batch))
+            t0 = time.perf_counter()
+            step = self.scheduler.build_input(batch)
+            t1 = time.perf_counter()
+            self.worker.submit(step)
+            phases["prepare"], phases["submit"] = t1 - t0, time.perf_counter() - t1
             return True
         except Exception as exc:  # an agent died or the step could not be sent
             self._on_worker_error(batch, exc, events)
             return False
 
-    def _collect(self, batch: Batch, events: list) -> list[Sampled]:
+    def _collect(self, batch: Batch, events: list, phases: dict[str, float]) -> list[Sampled]:
         try:
+            t0 = time.perf_counter()
             out = self.worker.collect()
+            t1 = time.perf_counter()
         except Exception as exc:
             self._on_worker_error(batch, exc, events)
             return []
         sampled, rows = self.scheduler.update(batch, out)
+        phases.update(wait=t1 - t0, model=self.worker.last_compute_seconds, update=time.perf_counter() - t1)
         if self._saver:
             for seq, position, row in rows:
                 self._saver.put(seq.token_ids[:seq.num_prompt], position, row)

@@ -57,6 +57,9 @@ class Metrics:
         self.prefix_queried = 0
         self.prefix_hits = 0
         self.waiting = self.running = self.kv_used = self.kv_total = 0
+        self.steps = {"prefill": 0, "decode": 0}       # engine steps by kind
+        self.step_tokens = {"prefill": 0, "decode": 0}
+        self.phase_seconds: dict[str, float] = {}       # engine time by phase, see on_step
         self.ttft = Histogram(TTFT_BUCKETS)
         self.tpot = Histogram(TPOT_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
@@ -90,6 +93,14 @@ class Metrics:
     def on_preemption(self) -> None:
         with self._lock:
             self.preemptions += 1
+
+    def on_step(self, kind: str, tokens: int, phases: dict[str, float]) -> None:
+        """One engine step ("prefill"/"decode") of `tokens` new tokens and where its time went."""
+        with self._lock:
+            self.steps[kind] += 1
+            self.step_tokens[kind] += tokens
+            for phase, seconds in phases.items():
+                self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + seconds
 
     def set_gauges(self, waiting: int, running: int, kv_used: int, kv_total: int) -> None:
         with self._lock:
@@ -135,6 +146,17 @@ class Metrics:
                    "Prompt tokens found in the prefix cache.", self.prefix_hits)
             scalar("llm_preemptions_total", "counter", "Sequences preempted (recomputed later).",
                    self.preemptions)
+            for name, help_text, values in (
+                    ("llm_engine_steps_total", "Engine steps by kind.", self.steps),
+                    ("llm_engine_step_tokens_total", "Tokens fed to the model by step kind.", self.step_tokens)):
+                family(name, "counter", help_text)
+                out.extend(f'{name}{{kind="{_label(k)}"}} {v}' for k, v in sorted(values.items()))
+            family("llm_engine_phase_seconds_total", "counter",
+                   "Engine-thread time by phase: schedule, prepare (step inputs), submit and wait "
+                   "(shared memory + TCP + the agents), model (the agents' own time, part of wait), "
+                   "update, detokenize.")
+            out.extend(f'llm_engine_phase_seconds_total{{phase="{_label(k)}"}} {_number(v)}'
+                       for k, v in sorted(self.phase_seconds.items()))
             histogram("llm_time_to_first_token_seconds", "Time from arrival to the first token.", self.ttft)
             histogram("llm_time_per_output_token_seconds", "Time between consecutive tokens of a request.",
                       self.tpot)

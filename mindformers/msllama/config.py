@@ -81,6 +81,13 @@ class LlamaConfig:
 
 
 DTYPES = ("float32", "float16", "bfloat16")
+ATTENTION_KERNELS = {
+    "auto": "cpu_paged on CPU, basic on Ascend",
+    "basic": "gather/BatchMatMul/softmax ops over the padded context (any device)",
+    "cpu_paged": "C++ kernel reading the paged cache in place up to each context length (CPU); "
+                 "falls back to basic with a warning when it cannot be built",
+    "ascend": "fused Ascend kernels",
+}
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ class RuntimeConfig:
     compute_dtype: str = "float32"          # fp32 on CPU; float16/bfloat16 on Ascend
     block_size: int = 16
     num_blocks: int = 512                   # KV blocks per layer, block 0 reserved as trash
-    attention_kernel: str = "basic"         # basic: scatter/gather ops (CPU); ascend: fused kernels
+    attention_kernel: str = "auto"          # decode attention, see ATTENTION_KERNELS
     checkpoint: str = ""                    # mindformers .ckpt file or HF folder; "" = none
     tokenizer: str = ""                     # sentencepiece tokenizer.model
     compile_cache: str = ""                 # folder for MindSpore's persistent graph cache; "" = off
@@ -102,12 +109,18 @@ class RuntimeConfig:
         _require("compute_dtype", self.compute_dtype in DTYPES, f"must be one of {DTYPES}")
         _require("block_size", self.block_size > 0, "must be > 0")
         _require("num_blocks", self.num_blocks >= 2, "must be >= 2 (block 0 is reserved)")
-        _require("attention_kernel", self.attention_kernel in ("basic", "ascend"), "must be basic or ascend")
+        _require("attention_kernel", self.attention_kernel in ATTENTION_KERNELS,
+                 f"must be one of {tuple(ATTENTION_KERNELS)}")
+        if self.attention_kernel == "auto":
+            # measured: experiments/2026-11-22-paged-attention-kernel
+            object.__setattr__(self, "attention_kernel", "cpu_paged" if self.device_target == "CPU" else "basic")
         if self.device_target == "CPU":
             _require("compute_dtype", self.compute_dtype == "float32",
                      "must be float32 on CPU (fp16 matmul is slower there, bf16 unsupported)")
-            _require("attention_kernel", self.attention_kernel == "basic",
-                     "must be basic on CPU (the fused kernels are Ascend-only)")
+            _require("attention_kernel", self.attention_kernel != "ascend",
+                     "must be basic or cpu_paged on CPU (the fused kernels are Ascend-only)")
+        else:
+            _require("attention_kernel", self.attention_kernel != "cpu_paged", "cpu_paged is a CPU kernel")
 
 
 @dataclass(frozen=True)

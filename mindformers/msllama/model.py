@@ -7,7 +7,10 @@ Two graph entry points share one set of Parameters (weights and KV cache):
   context token of the batch from the cache (`[C]` keys, the new ones included, written first)
   and masks by (sequence id, position): no padding of prompts to a common length.
 * `DecodeStep` runs one token for each of `[B]` sequences; each reads its own context through its
-  block table, `[kv_heads, B, max_blocks * block_size, head_dim]`, masked by context length.
+  block table. With `attention_kernel: basic` the reads are one gather of
+  `[kv_heads, B, max_blocks * block_size, head_dim]`, masked by context length; with `cpu_paged`
+  a C++ kernel (kernels/paged_attention.cpp) reads the cache rows in place, each sequence only up
+  to its own context length.
 
 KV cache storage (measured fastest on CPU, ../shared/FINDINGS.md): per layer one flat Parameter
 for K and one for V of shape `[kv_heads * num_slots, head_dim]`, row `h * num_slots + slot`, where
@@ -25,6 +28,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .config import LlamaConfig, RuntimeConfig
+from .kernels.paged_attention import KERNEL_NAME, decode_attention_op, resolve_attention_kernel
 from .weights import EMBEDDING, FINAL_NORM, layer_names, lm_head
 
 _NEG = -1e30  # masked scores: exp underflows to exactly 0 in fp32
@@ -88,6 +92,7 @@ class DecoderLayer(nn.Cell):
         self.bmm_t = ops.BatchMatMul(transpose_b=True)
         self.bmm = ops.BatchMatMul()
         self.head_offsets = Tensor(np.arange(cfg.kv_heads, dtype=np.int32) * self.num_slots)
+        self.paged_kernel = decode_attention_op() if rt.attention_kernel == KERNEL_NAME else None
 
     def _rope(self, x, cos, sin):
         """x [N, heads, D], cos/sin [N, 1, D]: rotate-half rotary embedding."""
@@ -137,16 +142,21 @@ class DecoderLayer(nn.Cell):
         out = out.reshape(self.kv_heads, self.group, t, self.head_dim).transpose(2, 0, 1, 3)
         return self._finish(x, out.reshape(t, self.q_size))
 
-    def decode(self, x, cos, sin, slots, k_index, bias):
-        """x [B, hidden]; k_index [B, L] cache slots of each sequence's context; bias [B, 1, L]."""
+    def decode(self, x, cos, sin, slots, k_index, context_lens, bias, use_kernel):
+        """x [B, hidden]; k_index [B, L] cache slots of each sequence's context; context_lens [B];
+        bias [B, 1, L] for the basic attention (None with the kernel)."""
         b = x.shape[0]
         q, k, v = self._qkv(x, cos, sin)
         k_cache, v_cache = self._write_cache(k, v, slots)
+        q = q.reshape(b, self.kv_heads, self.group, self.head_dim) * self.scale
+        if use_kernel:
+            # reads the updated caches in place, each sequence up to its own length
+            out = self.paged_kernel(q, k_cache, v_cache, k_index, context_lens)  # [B, kv_heads, group, D]
+            return self._finish(x, out.reshape(b, self.q_size))
         idx = self.head_offsets.reshape(-1, 1, 1) + k_index.reshape(1, b, -1)  # [kv_heads, B, L]
         keys = ops.gather(k_cache, idx, 0)  # [kv_heads, B, L, D]
         vals = ops.gather(v_cache, idx, 0)
-        q = q.reshape(b, self.kv_heads, self.group, self.head_dim).transpose(1, 0, 2, 3) * self.scale
-        scores = self.bmm_t(q, keys)  # [kv_heads, B, group, L]
+        scores = self.bmm_t(q.transpose(1, 0, 2, 3), keys)  # [kv_heads, B, group, L]
         out = self._softmax_v(scores, bias, vals)  # [kv_heads, B, group, D]
         return self._finish(x, out.transpose(1, 0, 2, 3).reshape(b, self.q_size))
 
@@ -158,6 +168,7 @@ class LlamaModel(nn.Cell):
         super().__init__()
         dtype = ms.float16 if rt.compute_dtype == "float16" else (
             ms.bfloat16 if rt.compute_dtype == "bfloat16" else ms.float32)
+        rt = resolve_attention_kernel(rt)
         self.cfg, self.rt = cfg, rt
         self.embedding = _param(weights[EMBEDDING], EMBEDDING, dtype)
         self.layers = nn.CellList([DecoderLayer(cfg, rt, weights, i, dtype) for i in range(cfg.num_layers)])
@@ -203,22 +214,32 @@ class PrefillStep(nn.Cell):
 
 
 class DecodeStep(nn.Cell):
-    """Inputs: tokens/positions/slots [B]; block_tables [B, max_blocks]; context_lens [B]."""
+    """Inputs: tokens/positions/slots [B]; block_tables [B, max_blocks]; context_lens [B].
 
-    def __init__(self, model: LlamaModel):
+    `use_kernel=False` on a model built with the kernel gives the basic-op graph over the same
+    weights and cache (for side-by-side comparisons); None follows the model's runtime config."""
+
+    def __init__(self, model: LlamaModel, use_kernel: bool | None = None):
         super().__init__()
+        built = model.rt.attention_kernel == KERNEL_NAME
+        if use_kernel and not built:
+            raise ValueError(f"DecodeStep(use_kernel=True) needs a model built with attention_kernel "
+                             f"'{KERNEL_NAME}', this one has '{model.rt.attention_kernel}'")
         self.model = model
         self.block_offsets = Tensor(np.arange(model.rt.block_size, dtype=np.int32))
         self.block_size = model.rt.block_size
+        self.use_kernel = built if use_kernel is None else use_kernel
 
     def construct(self, tokens, positions, slots, block_tables, context_lens):
         b = tokens.shape[0]
         x, cos, sin = self.model.embed(tokens, positions)
         k_index = (block_tables.reshape(b, -1, 1) * self.block_size
                    + self.block_offsets.reshape(1, 1, -1)).reshape(b, -1)  # [B, L]
-        length = k_index.shape[1]
-        mask = ops.arange(0, length, dtype=ms.int32).reshape(1, -1) < context_lens.reshape(-1, 1)
-        bias = _mask_bias(mask).reshape(b, 1, length)
+        bias = None
+        if not self.use_kernel:
+            length = k_index.shape[1]
+            mask = ops.arange(0, length, dtype=ms.int32).reshape(1, -1) < context_lens.reshape(-1, 1)
+            bias = _mask_bias(mask).reshape(b, 1, length)
         for layer in self.model.layers:
-            x = layer.decode(x, cos, sin, slots, k_index, bias)
+            x = layer.decode(x, cos, sin, slots, k_index, context_lens, bias, self.use_kernel)
         return self.model.head(x)

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .config import LlamaConfig, PredictConfig, RuntimeConfig
+from .kernels import graph_fingerprint, resolve_attention_kernel
 from .sampling import SamplingBatch, sample
 
 
@@ -105,6 +106,7 @@ class ModelRunner:
 
         from .model import DecodeStep, LlamaModel, PrefillStep
 
+        rt = resolve_attention_kernel(rt)  # before the cache key: it names the graphs really built
         ms.set_device(rt.device_target, rt.device_id)
         ms.set_context(mode=rt.mode)
         if rt.compile_cache:
@@ -223,7 +225,7 @@ def compile_cache_key(cfg: LlamaConfig, rt: RuntimeConfig, ladder: Ladder) -> st
     import mindspore
 
     graph_rt = dataclasses.replace(rt, checkpoint="", tokenizer="", compile_cache="")
-    h = hashlib.sha256(repr((cfg, graph_rt, ladder, mindspore.__version__)).encode())
+    h = hashlib.sha256(repr((cfg, graph_rt, ladder, mindspore.__version__, graph_fingerprint(rt))).encode())
     for name in ("model.py", "runner.py"):
         with open(os.path.join(os.path.dirname(__file__), name), "rb") as f:
             h.update(f.read())

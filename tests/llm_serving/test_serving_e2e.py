@@ -80,12 +80,18 @@ def test_64_concurrent_requests_of_mixed_lengths_complete_and_free_every_block(s
     bodies = [{"inputs": prompt(rng, int(rng.integers(1, 40))), "parameters": {"max_new_tokens": n}}
               for n in lengths]
     before = metric(server.url, "llm_generation_tokens_total")
+    decode_tokens = 'llm_engine_step_tokens_total{kind="decode"}'
+    decoded_before = metric(server.url, decode_tokens)
     answers = asyncio.run(stream_all(server.url, bodies))
     for lines, n in zip(answers, lengths):
         final = lines[-1]["data"][0]
         assert len(lines) == n + 1 and final["generated_tokens"] == n and final["finish_reason"] == "length"
         assert "".join(line["data"][0]["generated_text"] for line in lines[:-1]) == final["generated_text"]
     assert metric(server.url, "llm_generation_tokens_total") - before == sum(lengths)
+    # the first token of each comes from its prefill step, every later one from a decode step
+    assert metric(server.url, decode_tokens) - decoded_before == sum(lengths) - len(lengths)
+    for phase in ("schedule", "prepare", "submit", "wait", "model", "update", "detokenize"):
+        assert metric(server.url, f'llm_engine_phase_seconds_total{{phase="{phase}"}}') > 0
     wait_idle(server.url)
 
 

@@ -1,0 +1,259 @@
+"""The cpu_paged decode-attention kernel: against float64 numpy inside a GRAPH_MODE graph that
+writes the cache first, its contract at the edges, bad input, the library cache, the fallback
+when no compiler exists, the config switch, and the whole model with the kernel against the
+basic-op attention (test_model.py's reference and batch-invariance tests re-run with basic ops)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+import textwrap
+
+import mindspore as ms
+import numpy as np
+import pytest
+from mindspore import Parameter, Tensor, nn, ops
+
+from msllama.config import ConfigError, LlamaConfig, RuntimeConfig
+from msllama.kernels import KernelUnavailable
+from msllama.kernels.build import build_library
+from msllama.kernels.paged_attention import SOURCE, decode_attention_op, library
+from msllama.model import DecodeStep
+from msllama.runner import Ladder, ModelRunner, StepInput
+from msllama.sampling import SamplingBatch
+from msllama.weights import random_weights
+
+import test_model  # its model tests run by default with the kernel; some are re-run below with basic ops
+from test_model import test_one_sequence_is_batch_invariant as test_basic_attention_is_batch_invariant
+from test_model import (
+    test_paged_model_matches_reference_over_prefill_and_50_decode_steps as test_basic_attention_matches_reference)
+
+BS = 16          # block size
+NUM_BLOCKS = 40  # block 0 is the trash block
+HEAD_DIM = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def graph_mode():
+    ms.set_device("CPU")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        library()
+    except KernelUnavailable as e:
+        pytest.skip(f"the kernel cannot be built here: {e}")
+
+
+class WriteThenAttend(nn.Cell):
+    """As DecoderLayer.decode: scatter the new rows into the cache Parameters, then run the kernel
+    on the updated caches that scatter_update returns."""
+
+    def __init__(self, k_cache: np.ndarray, v_cache: np.ndarray):
+        super().__init__()
+        self.k_cache = Parameter(Tensor(k_cache), name="k_cache", requires_grad=False)
+        self.v_cache = Parameter(Tensor(v_cache), name="v_cache", requires_grad=False)
+        self.attend = decode_attention_op()
+
+    def construct(self, q, slots, context_lens, rows, k_new, v_new):
+        k_cache = ops.scatter_update(self.k_cache, rows, k_new)
+        v_cache = ops.scatter_update(self.v_cache, rows, v_new)
+        return self.attend(q, k_cache, v_cache, slots, context_lens)
+
+
+def slot_table(tables: np.ndarray) -> np.ndarray:
+    """Block tables [B, M] -> cache slot of every position [B, M * BS]."""
+    return (tables[:, :, None] * BS + np.arange(BS)[None, None, :]).reshape(len(tables), -1).astype(np.int32)
+
+
+def shuffled_tables(lens: list[int], width: int, rng: np.random.Generator) -> np.ndarray:
+    """Distinct blocks in random order per sequence; entries past a sequence's blocks are 0."""
+    free = rng.permutation(np.arange(1, NUM_BLOCKS))
+    tables = np.zeros((len(lens), width), np.int32)
+    for b, n in enumerate(lens):
+        need = -(-n // BS)
+        tables[b, :need], free = free[:need], free[need:]
+    return tables
+
+
+def reference(q, k_cache, v_cache, slots, lens, kv_heads) -> np.ndarray:
+    """float64 softmax(q . K) V over each sequence's first lens[b] slots; q [B, kv_heads, G, D]."""
+    k64, v64 = k_cache.astype(np.float64), v_cache.astype(np.float64)
+    s = len(k_cache) // kv_heads
+    out = np.zeros(q.shape)
+    for b, n in enumerate(lens):
+        for h in range(kv_heads):
+            rows = h * s + slots[b, :n]
+            scores = q[b, h].astype(np.float64) @ k64[rows].T
+            p = np.exp(scores - scores.max(axis=1, keepdims=True))
+            out[b, h] = (p / p.sum(axis=1, keepdims=True)) @ v64[rows]
+    return out
+
+
+@pytest.mark.parametrize("kv_heads,group,head_dim", [(2, 4, 32), (4, 1, 64), (1, 3, 20)],
+                         ids=["gqa", "mha", "head_dim_20"])
+def test_kernel_matches_float64_after_the_cache_write(kv_heads, group, head_dim):
+    rng = np.random.default_rng(kv_heads)
+    lens = [1, 17, 40, 33, 16, 2]                      # ragged, 1, block edges
+    tables = shuffled_tables(lens, 32, rng)            # L = 512: far beyond every context
+    slots = slot_table(tables)
+    num_slots = NUM_BLOCKS * BS
+    k_cache = rng.standard_normal((kv_heads * num_slots, head_dim)).astype(np.float32)
+    v_cache = rng.standard_normal((kv_heads * num_slots, head_dim)).astype(np.float32)
+    q = (rng.standard_normal((len(lens), kv_heads, group, head_dim)) / np.sqrt(head_dim)).astype(np.float32)
+    # this step's token of each sequence (its last position) is written by the same graph
+    last = slots[np.arange(len(lens)), np.array(lens) - 1]
+    rows = (np.arange(kv_heads)[:, None] * num_slots + last[None, :]).astype(np.int32)  # [kv_heads, B]
+    k_new = (3 * rng.standard_normal((kv_heads, len(lens), head_dim))).astype(np.float32)
+    v_new = rng.standard_normal((kv_heads, len(lens), head_dim)).astype(np.float32)
+
+    net = WriteThenAttend(k_cache, v_cache)
+    out = net(Tensor(q), Tensor(slots), Tensor(np.array(lens, np.int32)), Tensor(rows), Tensor(k_new),
+              Tensor(v_new)).asnumpy()
+
+    stale = reference(q, k_cache, v_cache, slots, lens, kv_heads)
+    k_cache[rows.ravel()] = k_new.reshape(-1, head_dim)
+    v_cache[rows.ravel()] = v_new.reshape(-1, head_dim)
+    expected = reference(q, k_cache, v_cache, slots, lens, kv_heads)
+    assert np.abs(out - expected).max() < 2e-6
+    assert np.abs(out - stale).max() > 1e-2  # so the kernel did read the rows written in the graph
+
+
+def test_a_sequence_reads_only_its_own_context():
+    """The output of a sequence is bit-identical whatever the bucket width, the slots past its
+    context (even invalid ones) and the other sequences of the batch; context 0 gives zeros."""
+    rng = np.random.default_rng(7)
+    kv_heads, group = 2, 4
+    num_slots = NUM_BLOCKS * BS
+    k = Tensor(rng.standard_normal((kv_heads * num_slots, HEAD_DIM)).astype(np.float32))
+    v = Tensor(rng.standard_normal((kv_heads * num_slots, HEAD_DIM)).astype(np.float32))
+    q = rng.standard_normal((3, kv_heads, group, HEAD_DIM)).astype(np.float32)
+    lens = np.array([21, 5, 0], np.int32)
+    slots = slot_table(shuffled_tables([21, 5, 1], 2, rng))                   # L = 32
+    attend = decode_attention_op()
+    batch = attend(Tensor(q), k, v, Tensor(slots), Tensor(lens)).asnumpy()
+
+    wide = np.full((3, 512), 10**6, np.int32)                                  # out of range past the context
+    wide[:, :32] = slots
+    wide[0, 21:32] = 10**6
+    alone = [attend(Tensor(q[b:b + 1]), k, v, Tensor(wide[b:b + 1]), Tensor(lens[b:b + 1])).asnumpy()[0]
+             for b in range(3)]
+    for b in range(3):
+        np.testing.assert_array_equal(batch[b], alone[b])
+    assert not batch[2].any()
+
+
+def test_bad_input_is_a_clear_error():
+    q = Tensor(np.zeros((1, 2, 1, 8), np.float32))
+    cache = Tensor(np.zeros((2 * 4, 8), np.float32))
+    lens = Tensor(np.array([2], np.int32))
+    attend = decode_attention_op()
+    with pytest.raises(ValueError, match="input 'slots': must be Int32"):
+        attend(q, cache, cache, Tensor(np.array([[0, 1]], np.int64)), lens)
+    with pytest.raises(ValueError, match=r"input 'k_cache': must be \[kv_heads \* slots, head_dim\]"):
+        attend(q, Tensor(np.zeros((8, 4), np.float32)), cache, Tensor(np.array([[0, 1]], np.int32)), lens)
+    with pytest.raises(ValueError, match="input 'context_lens': must be"):
+        attend(q, cache, cache, Tensor(np.array([[0, 1]], np.int32)), Tensor(np.array([2, 2], np.int32)))
+    # a slot outside the cache within the context: the kernel refuses (code 4) instead of reading
+    with pytest.raises(RuntimeError, match="is 4"):
+        attend(q, cache, cache, Tensor(np.array([[0, 4]], np.int32)), lens)
+
+
+def test_library_is_cached_by_source_and_rebuilt_when_it_changes(tmp_path):
+    first = build_library(SOURCE, tmp_path)
+    again = build_library(SOURCE, tmp_path)
+    assert again.path == first.path and again.build_seconds == 0.0 and first.build_seconds > 0
+    edited = tmp_path / "src" / SOURCE.name
+    edited.parent.mkdir()
+    edited.write_text(SOURCE.read_text() + "\n// edited\n")
+    assert build_library(edited, tmp_path).path != first.path
+    assert len(list(tmp_path.glob("*.so"))) == 2
+
+
+def test_without_a_compiler_the_model_falls_back_to_basic(tmp_path):
+    probe = textwrap.dedent("""
+        import warnings
+        from msllama.config import LlamaConfig, RuntimeConfig
+        from msllama.model import LlamaModel
+        from msllama.weights import random_weights
+        cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64,
+                          seq_length=32)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = LlamaModel(cfg, RuntimeConfig(num_blocks=4, attention_kernel="cpu_paged"), random_weights(cfg))
+        print(model.rt.attention_kernel, model.layers[0].paged_kernel)
+        print([str(w.message) for w in caught if "attention_kernel" in str(w.message)])
+    """)
+    env = {**os.environ, "CXX": "no-such-compiler", "MSLLAMA_KERNEL_CACHE": str(tmp_path / "empty")}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
+                         check=True).stdout.splitlines()
+    assert out[0] == "basic None"
+    assert "'cpu_paged' is unavailable, using 'basic'" in out[1]
+    assert "C++ compiler 'no-such-compiler' not found on PATH" in out[1]
+
+
+# ---- the whole model: kernel graphs against basic-op graphs on the same weights and cache ----
+
+def test_model_decode_with_kernel_equals_basic_attention():
+    cfg = LlamaConfig(vocab_size=512, hidden_size=128, num_layers=2, num_heads=8, n_kv_heads=2,
+                      intermediate_size=352, seq_length=512)
+    ladder = Ladder(decode_batches=(4,), decode_blocks=(2, 32), prefill_tokens=(128,),
+                    prefill_context_factors=(1,), prefill_min_rows=4)
+    runner = ModelRunner(cfg, RuntimeConfig(num_blocks=NUM_BLOCKS, block_size=BS, attention_kernel="cpu_paged"),
+                         random_weights(cfg, seed=3), ladder)
+    assert runner.decode_step.use_kernel
+    basic = DecodeStep(runner.model, use_kernel=False)
+    rng = np.random.default_rng(3)
+    lens = np.array([30, 3, 17, 25], np.int32)
+    tables = shuffled_tables([n + 1 for n in lens], 2, rng)
+    prompts = rng.integers(3, cfg.vocab_size, int(lens.sum()), dtype=np.int32)
+    greedy = SamplingBatch.greedy(4)
+    last = (np.cumsum(lens) - 1).astype(np.int32)
+    runner.step(StepInput(True, prompts, lens, lens, tables, last, greedy))
+
+    def decode(blocks: int) -> np.ndarray:
+        runner.ladder = dataclasses.replace(ladder, decode_blocks=(blocks,))  # the bucket L = blocks * BS
+        step = StepInput(False, np.array([5, 6, 7, 8], np.int32), np.ones(4, np.int32), lens + 1, tables,
+                         np.arange(4, dtype=np.int32), greedy, np.arange(4, dtype=np.int32))
+        return runner.step(step).logits
+
+    kernel = {w: decode(w) for w in (2, 32)}        # L = 32 and L = 512 buckets
+    runner.decode_step = basic
+    reference = decode(2)
+    np.testing.assert_array_equal(kernel[2], kernel[32])
+    assert np.abs(kernel[2] - reference).max() < 1e-5
+
+
+def test_decode_step_refuses_the_kernel_on_a_basic_model():
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64, seq_length=32)
+    runner = ModelRunner(cfg, RuntimeConfig(num_blocks=4, attention_kernel="basic"), random_weights(cfg),
+                         Ladder(decode_batches=(1,), decode_blocks=(1,)))
+    with pytest.raises(ValueError, match="needs a model built with attention_kernel 'cpu_paged'"):
+        DecodeStep(runner.model, use_kernel=True)
+
+
+def with_basic_decode(kv_heads: int):
+    runner, ref = test_model.make_runner(kv_heads)
+    runner.decode_step = DecodeStep(runner.model, use_kernel=False)
+    return runner, ref
+
+
+@pytest.fixture(scope="module", params=[8, 2], ids=["mha", "gqa"])
+def pair(request):
+    return with_basic_decode(request.param)
+
+
+@pytest.fixture(scope="module")
+def gqa():
+    return with_basic_decode(2)
+
+
+def test_attention_kernel_config():
+    assert RuntimeConfig().attention_kernel == "cpu_paged"
+    assert RuntimeConfig(device_target="Ascend", compute_dtype="float16").attention_kernel == "basic"
+    assert RuntimeConfig(attention_kernel="basic").attention_kernel == "basic"
+    with pytest.raises(ConfigError, match="'attention_kernel': must be basic or cpu_paged on CPU"):
+        RuntimeConfig(attention_kernel="ascend")
+    with pytest.raises(ConfigError, match="'attention_kernel': cpu_paged is a CPU kernel"):
+        RuntimeConfig(device_target="Ascend", compute_dtype="float16", attention_kernel="cpu_paged")
+    with pytest.raises(ConfigError, match="'attention_kernel': must be one of"):
+        RuntimeConfig(attention_kernel="flash")
