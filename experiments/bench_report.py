@@ -217,6 +217,30 @@ def plot(record: dict, path: str) -> None:
     plt.close(fig)
 
 
+PHASES = ("schedule", "prepare", "submit", "wait", "model", "update", "detokenize")
+
+
+def _profile_lines(system: str, m: Optional[dict]) -> list[str]:
+    """A table of where our engine's step time went (legacy run, from the server's /metrics)."""
+    prof = (m or {}).get("engine_profile")
+    if not prof:
+        return []
+    lines = ["", f"## Engine step profile: {system}", "",
+             "Mean ms per engine step by phase (`llm_engine_phase_seconds_total` / `llm_engine_steps_total`, "
+             "warm-up requests included). `model` is the agent's own time for the step (forward pass and greedy "
+             "sampling); `wait` is the engine thread waiting for the answer (shared memory + TCP + the model "
+             "minus what overlapped with `detokenize`, which runs while the agent computes); the other phases "
+             "are host work on the engine thread. `engine s` = the sum of all phases but `model`.", "",
+             "| step kind | steps | tokens/step | engine s | " + " | ".join(PHASES) + " |",
+             "|---|---:|---:|---:|" + "---:|" * len(PHASES)]
+    for kind, p in sorted(prof.items()):
+        n = max(p["steps"], 1)
+        host = sum(v for k, v in p["phase_s"].items() if k != "model")
+        lines.append(f"| {kind} | {p['steps']} | {p['tokens'] / n:.1f} | {host:.1f} | "
+                     + " | ".join(f"{1e3 * p['phase_s'].get(ph, 0.0) / n:.2f}" for ph in PHASES) + " |")
+    return lines
+
+
 def readme(record: dict) -> str:
     h, t, env = headline(record), record["trace"], record["environment"]
     s = record["systems"]
@@ -263,6 +287,8 @@ def readme(record: dict) -> str:
                      f"{'n/a' if tg['met'] is None else 'yes' if tg['met'] else 'no'} |")
     other = {k: v for k, v in h["ratios"].items() if k not in {tg.ratio for tg in TARGETS}}
     lines += ["", "Other ratios: " + ", ".join(f"`{k}` {_f(v, '.2f')}" for k, v in other.items()) + "."]
+    for system in ("baseline", "tuned"):
+        lines += _profile_lines(system, _measured(s, system))
     llama = _measured(s, "llamacpp")
     if llama:
         lines += ["", "## llama.cpp", ""]

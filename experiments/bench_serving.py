@@ -32,6 +32,7 @@ import subprocess
 import sys
 import time
 import traceback
+import urllib.request
 from dataclasses import dataclass
 from importlib import metadata
 from types import SimpleNamespace
@@ -125,6 +126,29 @@ def judge(b: Bench, port: int, backend: str, name: str) -> dict:
         return judge_metrics(json.load(f))
 
 
+def engine_profile(port: int) -> dict:
+    """Where our engine thread spent its time so far, from /metrics (llm_engine_*): per step kind
+    the steps, the tokens fed and the seconds of each phase (schedule, prepare, submit, wait,
+    model = the agents' own share of wait, update, detokenize)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    profile: dict[str, dict] = {}
+    for line in text.splitlines():
+        if not line.startswith("llm_engine_"):
+            continue
+        name_labels, value = line.rsplit(" ", 1)
+        name, labels = name_labels.rstrip("}").split("{", 1)
+        tags = dict(item.split("=", 1) for item in labels.split(","))
+        kind = profile.setdefault(tags['kind'].strip('"'), {"steps": 0, "tokens": 0, "phase_s": {}})
+        if name == "llm_engine_steps_total":
+            kind["steps"] = int(float(value))
+        elif name == "llm_engine_step_tokens_total":
+            kind["tokens"] = int(float(value))
+        else:
+            kind["phase_s"][tags["phase"].strip('"')] = float(value)
+    return profile
+
+
 @contextlib.contextmanager
 def kit_server(b: Bench, system: str, log_name: str) -> Iterator[int]:
     """Our server with `system`'s YAML on a free port; stopped with SIGINT (then killed) on exit."""
@@ -148,6 +172,7 @@ def kit_server(b: Bench, system: str, log_name: str) -> Iterator[int]:
 def run_kit(b: Bench, system: str) -> dict:
     with kit_server(b, system, f"server_{system}.log") as port:
         metrics = judge(b, port, "legacy", system)
+        metrics["engine_profile"] = engine_profile(port)   # includes the judge's warm-up requests
     if system == "tuned" and not b.args.no_openai_run:
         # A fresh server, so the second route does not start with the first one's prefix cache.
         with kit_server(b, system, f"server_{system}_openai.log") as port:

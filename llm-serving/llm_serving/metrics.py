@@ -59,7 +59,7 @@ class Metrics:
         self.waiting = self.running = self.kv_used = self.kv_total = 0
         self.steps = {"prefill": 0, "decode": 0}       # engine steps by kind
         self.step_tokens = {"prefill": 0, "decode": 0}
-        self.phase_seconds: dict[str, float] = {}       # engine time by phase, see on_step
+        self.phase_seconds: dict[tuple[str, str], float] = {}   # engine time by (kind, phase), see on_step
         self.ttft = Histogram(TTFT_BUCKETS)
         self.tpot = Histogram(TPOT_BUCKETS)
         self.e2e = Histogram(E2E_BUCKETS)
@@ -100,7 +100,8 @@ class Metrics:
             self.steps[kind] += 1
             self.step_tokens[kind] += tokens
             for phase, seconds in phases.items():
-                self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + seconds
+                key = (kind, phase)
+                self.phase_seconds[key] = self.phase_seconds.get(key, 0.0) + seconds
 
     def set_gauges(self, waiting: int, running: int, kv_used: int, kv_total: int) -> None:
         with self._lock:
@@ -155,8 +156,8 @@ class Metrics:
                    "Engine-thread time by phase: schedule, prepare (step inputs), submit and wait "
                    "(shared memory + TCP + the agents), model (the agents' own time, part of wait), "
                    "update, detokenize.")
-            out.extend(f'llm_engine_phase_seconds_total{{phase="{_label(k)}"}} {_number(v)}'
-                       for k, v in sorted(self.phase_seconds.items()))
+            out.extend(f'llm_engine_phase_seconds_total{{kind="{_label(k)}",phase="{_label(p)}"}} {_number(v)}'
+                       for (k, p), v in sorted(self.phase_seconds.items()))
             histogram("llm_time_to_first_token_seconds", "Time from arrival to the first token.", self.ttft)
             histogram("llm_time_per_output_token_seconds", "Time between consecutive tokens of a request.",
                       self.tpot)

@@ -91,7 +91,7 @@ def test_64_concurrent_requests_of_mixed_lengths_complete_and_free_every_block(s
     # the first token of each comes from its prefill step, every later one from a decode step
     assert metric(server.url, decode_tokens) - decoded_before == sum(lengths) - len(lengths)
     for phase in ("schedule", "prepare", "submit", "wait", "model", "update", "detokenize"):
-        assert metric(server.url, f'llm_engine_phase_seconds_total{{phase="{phase}"}}') > 0
+        assert metric(server.url, f'llm_engine_phase_seconds_total{{kind="decode",phase="{phase}"}}') > 0
     wait_idle(server.url)
 
 
