@@ -8,7 +8,7 @@ Poisson arrivals at X requests/s (high enough that the server, not the arrivals,
 Every system serves the same bench weights (predict_llama2_bench.yaml, built if missing):
   baseline  our server, experiments/configs/llama_bench_baseline.yaml (the contest kit's policy), legacy judge
   tuned     our server, experiments/configs/llama_bench_tuned.yaml, legacy judge, then (restarted) openai judge
-  llamacpp  llama-server (--parallel = tuned max decode batch, -kvu, -t 2) on a GGUF export; greedy
+  llamacpp  llama-server (--parallel = tuned max decode batch capped at llama.cpp's 256, -kvu, -t 2) on a GGUF export; greedy
             tokens checked against msllama.reference first; exact numerics (-fa off, f32 KV), then defaults
   hf        HF transformers static batched generate (peers/hf_static_batch.py), batch 16, torch threads 2
   limit     physical_limit.py: max(FLOPs / peak FLOP/s, bytes / bandwidth) for this trace
@@ -255,6 +255,9 @@ def agreement(reference: list[list[int]], got: list[list[int]]) -> dict:
 
 # ---- llama.cpp ------------------------------------------------------------------------------------
 
+LLAMACPP_MAX_PARALLEL = 256   # llama.cpp: "n_seq_max must be <= 256"
+
+
 def tuned_max_batch() -> int:
     with open(CONFIGS["tuned"], encoding="utf-8") as f:
         return int(yaml.safe_load(f)["model_config"]["decode_batch_size"][-1])
@@ -283,7 +286,7 @@ def run_llamacpp(b: Bench) -> dict:
     except ImportError:
         raise Skipped("the gguf package is missing: .venv/bin/pip install -r requirements-bench.txt") from None
     model = gguf_export(b)
-    parallel = tuned_max_batch()
+    parallel = min(tuned_max_batch(), LLAMACPP_MAX_PARALLEL)
     longest = max(r.input_tokens + r.max_new_tokens for r in b.trace)
     ctx = parallel * 256 * math.ceil(longest / 256)   # -kvu shares these cells; every slot could hold the longest
     ids = b.prompt_ids()

@@ -86,7 +86,7 @@ ATTENTION_KERNELS = {
     "basic": "gather/BatchMatMul/softmax ops over the padded context (any device)",
     "cpu_paged": "C++ kernel reading the paged cache in place up to each context length (CPU); "
                  "falls back to basic with a warning when it cannot be built",
-    "ascend": "fused Ascend kernels",
+    "ascend": "fused Ascend kernels: not implemented yet, the model refuses it when built",
 }
 
 

@@ -19,7 +19,7 @@ from msllama.config import ConfigError, LlamaConfig, RuntimeConfig
 from msllama.kernels import KernelUnavailable
 from msllama.kernels.build import build_library
 from msllama.kernels.paged_attention import SOURCE, decode_attention_op, library
-from msllama.model import DecodeStep
+from msllama.model import DecodeStep, LlamaModel
 from msllama.runner import Ladder, ModelRunner, StepInput
 from msllama.sampling import SamplingBatch
 from msllama.weights import random_weights
@@ -257,3 +257,8 @@ def test_attention_kernel_config():
         RuntimeConfig(device_target="Ascend", compute_dtype="float16", attention_kernel="cpu_paged")
     with pytest.raises(ConfigError, match="'attention_kernel': must be one of"):
         RuntimeConfig(attention_kernel="flash")
+    # parsed, but never silently built as something else
+    ascend = RuntimeConfig(device_target="Ascend", compute_dtype="float16", attention_kernel="ascend")
+    cfg = LlamaConfig(hidden_size=32, num_layers=1, num_heads=2, intermediate_size=64, vocab_size=64)
+    with pytest.raises(ConfigError, match="'attention_kernel': 'ascend' .* not implemented"):
+        LlamaModel(cfg, ascend, random_weights(cfg))
