@@ -161,8 +161,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="", help="output folder (default: out/run-<time>)")
     p.add_argument("--start-timeout", type=float, default=900)
     args = p.parse_args(argv)
-    args.task2_dataset = args.task2_dataset or os.path.join(os.path.dirname(os.path.abspath(args.dataset)),
-                                                            "alpaca_521.json")
+    # absolute now: the server and the judge run in other working folders
+    for name in ("config", "predict_config", "dataset", "task2_dataset", "tokenizer"):
+        if getattr(args, name):
+            setattr(args, name, os.path.abspath(getattr(args, name)))
+    args.task2_dataset = args.task2_dataset or os.path.join(os.path.dirname(args.dataset), "alpaca_521.json")
     args.out = os.path.abspath(args.out or os.path.join(ROOT, "out", time.strftime("run-%Y%m%d-%H%M%S")))
     return args
 
