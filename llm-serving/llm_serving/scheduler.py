@@ -2,8 +2,10 @@
 
 A step is either a prefill step (new tokens of several waiting prompts, packed up to the token
 budget, chunked when one prompt alone exceeds it) or a decode step (one token for every running
-sequence). Prefill goes first so new requests join the running batch as soon as there is room;
-a finished sequence leaves at once and frees its blocks. When a decode step cannot get a block,
+sequence). Prefill goes first so new requests join the running batch as soon as there is room,
+but never twice in a row while sequences wait to decode: a burst of arrivals would otherwise
+stall every running stream for the whole burst. A finished sequence leaves at once and frees its
+blocks. When a decode step cannot get a block,
 the most recently admitted sequence is preempted (its blocks freed, recomputed later).
 """
 from __future__ import annotations
@@ -60,6 +62,7 @@ class Scheduler:
         self.prefix_queried = 0                 # tokens looked up / served by the prefix cache
         self.prefix_hits = 0
         self.rejected: list[Sequence] = []      # can never fit a compiled shape (config bug)
+        self._prefilled_last = False
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -79,9 +82,12 @@ class Scheduler:
 
     # ---- choosing a step -----------------------------------------------------------------------
     def schedule(self) -> Batch | None:
-        batch = self._schedule_prefill()
+        batch = None if self._prefilled_last else self._schedule_prefill()
         if batch is None:
             batch = self._schedule_decode()
+        if batch is None and self._prefilled_last:
+            batch = self._schedule_prefill()    # nothing decodes yet: keep prefilling
+        self._prefilled_last = batch is not None and batch.is_prefill
         return batch
 
     def _logits_positions(self, seq: Sequence, start: int, end: int) -> list[int]:

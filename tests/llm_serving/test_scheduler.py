@@ -64,6 +64,29 @@ def test_prefill_packs_several_prompts_and_decode_batches_them():
     assert step.block_tables.shape[1] == 2
 
 
+def test_a_burst_of_prompts_alternates_prefill_with_decode_of_the_running_ones():
+    sched, _ = make()
+    sched.add(seq(0, [1, 5, 6], max_new=20))
+    answer(sched, sched.schedule())                  # sequence 0 now decodes
+    for i in range(1, 5):                            # four distinct 20-token prompts, 32-token budget
+        sched.add(seq(i, [1] + [10 + i] * 19, max_new=20))
+    kinds = []
+    for _ in range(8):
+        batch = sched.schedule()
+        kinds.append("P" if batch.is_prefill else "D")
+        answer(sched, batch)
+    assert "".join(kinds) == "DPDPDPDP"               # a decode step first: the last step was a prefill
+
+
+def test_prefill_steps_follow_each_other_while_nothing_decodes():
+    sched, _ = make()
+    sched.add(seq(0, [1] + [9] * 39, max_new=20))   # 40 tokens: chunks of 32 and 8
+    first = sched.schedule()
+    answer(sched, first)
+    second = sched.schedule()
+    assert first.is_prefill and second.is_prefill and [first.items[0].num_new, second.items[0].num_new] == [32, 8]
+
+
 def test_accounting_returns_to_all_free_and_lengths_are_exact():
     sched, blocks = make(num_blocks=40)
     rng = np.random.default_rng(0)
