@@ -44,10 +44,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(ROOT, "performance_serving"))
 sys.path.insert(0, os.path.join(HERE, "peers"))
-from main_job import Server, StepFailed, free_port  # noqa: E402
+from main_job import Server, StepFailed, free_port, run  # noqa: E402
 
 import bench_report  # noqa: E402
 import physical_limit  # noqa: E402
+from step_latency import CpuMeter  # noqa: E402
 from judge.trace import TraceRequest  # noqa: E402
 from llamacpp import EXACT_FLAGS, LlamaServer, server_binary  # noqa: E402
 
@@ -190,11 +191,6 @@ def _file_key(*paths: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _run(cmd: list[str], what: str) -> None:
-    if subprocess.call(cmd) != 0:
-        raise StepFailed(f"{what} failed: {shlex.join(cmd)}")
-
-
 def _read(path: str) -> str:
     with open(path, encoding="utf-8") as f:
         return f.read()
@@ -208,7 +204,7 @@ def hf_export() -> str:
     if not (os.path.isfile(stamp) and _read(stamp) == key):
         say("exporting the bench weights as an HF folder (msllama.convert)")
         shutil.rmtree(folder, ignore_errors=True)
-        _run([PY, "-m", "msllama.convert", "--src", BENCH_CKPT, "--dst", folder, "--to", "hf",
+        run([PY, "-m", "msllama.convert", "--src", BENCH_CKPT, "--dst", folder, "--to", "hf",
               "--config", physical_limit.BENCH_PREDICT_YAML], "msllama.convert")
         with open(stamp, "w") as f:
             f.write(key)
@@ -221,7 +217,7 @@ def gguf_export(b: Bench) -> str:
     path = os.path.join(EXPORTS, f"bench-{_file_key(BENCH_CKPT, b.args.tokenizer)}.gguf")
     if not os.path.isfile(path):
         say("exporting the bench weights to GGUF (msllama.export_gguf)")
-        _run([PY, "-m", "msllama.export_gguf", "--src", src, "--tokenizer", b.args.tokenizer, "--out", path + ".tmp"],
+        run([PY, "-m", "msllama.export_gguf", "--src", src, "--tokenizer", b.args.tokenizer, "--out", path + ".tmp"],
              "msllama.export_gguf")
         os.replace(path + ".tmp", path)
     return path
@@ -328,7 +324,7 @@ def run_hf(b: Bench) -> dict:
         json.dump([{"prompt_ids": p, "max_new_tokens": r.max_new_tokens} for p, r in zip(ids, b.trace)], f)
     out = os.path.join(b.work, "hf_result.json")
     say(f"hf: static batched generate, batch {HF_BATCH}, torch threads {THREADS}, {b.n} requests in trace order")
-    _run([PY, HF_PEER, "--model", folder, "--requests", requests_path, "--batch", str(HF_BATCH),
+    run([PY, HF_PEER, "--model", folder, "--requests", requests_path, "--batch", str(HF_BATCH),
           "--threads", str(THREADS), "--out", out], "the HF peer")
     with open(out, encoding="utf-8") as f:
         result = json.load(f)
@@ -371,14 +367,9 @@ def _version(package: str) -> str | None:
 
 def others_cpu_share(seconds: float = 2.0) -> float:
     """Busy share of all cores over a short window while this benchmark runs nothing: other users' load."""
-    def sample() -> tuple[int, int]:
-        with open("/proc/stat") as f:
-            ticks = [int(x) for x in f.readline().split()[1:]]
-        return sum(ticks), ticks[3] + ticks[4]   # total, idle + iowait
-    total0, idle0 = sample()
+    meter = CpuMeter()
     time.sleep(seconds)
-    total1, idle1 = sample()
-    return 1.0 - (idle1 - idle0) / max(total1 - total0, 1)
+    return meter.others() / (os.cpu_count() or 1)
 
 
 def wait_until_quiet(system: str, patience: float) -> float:
@@ -492,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
     with open(os.path.join(args.out, "environment.json"), "w") as f:
         json.dump(env, f, indent=2)
     say("bench assets (msllama.assets --bench: seconds when already built)")
-    _run([PY, "-m", "msllama.assets", "--bench"], "building the bench assets")
+    run([PY, "-m", "msllama.assets", "--bench"], "building the bench assets")
     trace = physical_limit.judge_trace(args.dataset, args.tokenizer, args.requests, args.qps)
     b = Bench(args, work, trace)
     record = bench_report.new_record(args, env, trace)

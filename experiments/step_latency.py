@@ -124,7 +124,7 @@ def num_blocks_for(points: list[Point]) -> int:
 
 # ---- worker: one (model, mode) pair in this process ------------------------------------------
 
-def _timed_ms(runner: ModelRunner, s: StepInput) -> float:
+def timed_ms(runner: ModelRunner, s: StepInput) -> float:
     start = time.perf_counter()
     runner.step(s)
     return (time.perf_counter() - start) * 1e3
@@ -175,8 +175,8 @@ class Series:
 def start_series(runner: ModelRunner, p: Point, mode: str, rng: np.random.Generator) -> Series:
     runner.ladder = exact_ladder(p)
     s = step_input(p, runner.cfg.vocab_size, rng)
-    first_ms = _timed_ms(runner, s)
-    probe_ms = _timed_ms(runner, s)
+    first_ms = timed_ms(runner, s)
+    probe_ms = timed_ms(runner, s)
     lo, hi = REPS_RANGE[mode]
     return Series(p, s, first_ms, int(np.clip(ROUND_SECONDS[mode] * 1e3 / probe_ms, lo, hi)))
 
@@ -221,7 +221,7 @@ def add_round(runner: ModelRunner, series: Series, meter: CpuMeter) -> None:
     # The Cells stay across ladders, so graphs compiled for earlier points are still there.
     runner.ladder = exact_ladder(series.point)
     meter.wait_for_quiet()
-    series.rounds.append(np.array([_timed_ms(runner, series.step) for _ in range(series.reps)]))
+    series.rounds.append(np.array([timed_ms(runner, series.step) for _ in range(series.reps)]))
     series.others.append(round(meter.others(), 2))
 
 
@@ -244,7 +244,7 @@ def run_worker(model: str, mode: str) -> None:
     start = time.time()
     runner = ModelRunner(cfg, rt, random_weights(cfg), exact_ladder(points[0]))
     tag = f"[{model} {mode}]"
-    _progress(f"{tag} model built in {time.time() - start:.1f} s, "
+    progress(f"{tag} model built in {time.time() - start:.1f} s, "
               f"{cfg.num_params() / 1e6:.1f} M params, {rt.num_blocks} KV blocks")
     rng, meter = np.random.default_rng(0), CpuMeter()
     all_series = []
@@ -254,12 +254,12 @@ def run_worker(model: str, mode: str) -> None:
         all_series.append(series)
         rec = series.record(mode)
         extra = f", compile {rec['compile_s']:.2f} s" if rec["compile_s"] is not None else ""
-        _progress(f"{tag} {i}/{len(points)} {time.time() - start:4.0f} s  {p.label()}: {rec['ms']:.2f} ms, "
+        progress(f"{tag} {i}/{len(points)} {time.time() - start:4.0f} s  {p.label()}: {rec['ms']:.2f} ms, "
                   f"{rec['tokens_per_s']:.0f} tok/s, iqr {rec['iqr_pct']:.0f} %{extra}, others {rec['other_cores']} cores")
     for extra_round in range(2, MAX_ROUNDS + 1):
         unsettled = [s for s in all_series if not s.settled()]
         if unsettled:
-            _progress(f"{tag} pass {extra_round}: {len(unsettled)} points not settled, {time.time() - start:.0f} s")
+            progress(f"{tag} pass {extra_round}: {len(unsettled)} points not settled, {time.time() - start:.0f} s")
         for series in unsettled:
             add_round(runner, series, meter)
     for series in all_series:
@@ -268,10 +268,10 @@ def run_worker(model: str, mode: str) -> None:
     print(json.dumps({"model": model, "mode": mode, "kind": "process", "peak_rss_gib": round(peak_gib, 2),
                       "quiet_wait_s": round(meter.waited_s, 1),
                       "seconds": round(time.time() - start, 1)}), flush=True)
-    _progress(f"{tag} done in {time.time() - start:.0f} s, peak RSS {peak_gib:.2f} GiB")
+    progress(f"{tag} done in {time.time() - start:.0f} s, peak RSS {peak_gib:.2f} GiB")
 
 
-def _progress(msg: str) -> None:
+def progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
@@ -301,7 +301,7 @@ def run_pair(model: str, mode: str) -> tuple[list[dict], dict]:
         else:
             records.append(rec)
     if proc.returncode != 0:
-        _progress(f"[{model} {mode}] FAILED with exit code {proc.returncode}")
+        progress(f"[{model} {mode}] FAILED with exit code {proc.returncode}")
     return records, summary
 
 
@@ -380,7 +380,7 @@ def main() -> None:
                             "runs": runs + [summary]}
             results.write_text(json.dumps(data, indent=1) + "\n")
     plot(data["records"], args.out / "plot.png")
-    _progress(f"{len(data['records'])} records in {results}, this run took {time.time() - start:.0f} s")
+    progress(f"{len(data['records'])} records in {results}, this run took {time.time() - start:.0f} s")
 
 if __name__ == "__main__":
     main()

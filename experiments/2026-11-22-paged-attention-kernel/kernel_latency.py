@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from step_latency import (BLOCK_SIZE, AGREE, CpuMeter, Point, exact_ladder, machine,  # noqa: E402
-                          model_configs, step_input)
+from step_latency import (BLOCK_SIZE, AGREE, CpuMeter, Point, progress, timed_ms, exact_ladder,  # noqa: E402
+                          machine, model_configs, step_input)
 
 BATCHES = (1, 16, 64, 128)
 BUCKETS = (128, 512, 1024)
@@ -65,12 +65,6 @@ def context_lens(case: Case, rng: np.random.Generator) -> np.ndarray:
 
 # ---- worker: one (model, batch) pair --------------------------------------------------------
 
-def _time_ms(runner, step) -> float:
-    start = time.perf_counter()
-    runner.step(step)
-    return (time.perf_counter() - start) * 1e3
-
-
 def run_worker(model: str, batch: int) -> None:
     from msllama.config import RuntimeConfig
     from msllama.model import DecodeStep
@@ -92,8 +86,8 @@ def run_worker(model: str, batch: int) -> None:
         runner.ladder = exact_ladder(Point("decode", case.batch, case.bucket))
         for variant in VARIANTS:
             runner.decode_step = steps[variant]
-            first_ms[case, variant] = _time_ms(runner, s)  # compiles the shape
-            probe = _time_ms(runner, s)
+            first_ms[case, variant] = timed_ms(runner, s)  # compiles the shape
+            probe = timed_ms(runner, s)
             reps[case, variant] = int(np.clip(ROUND_SECONDS * 1e3 / probe, *REPS_RANGE))
     rounds: dict[tuple[Case, str], list[tuple[float, float]]] = {(c, v): [] for c in grid for v in VARIANTS}
 
@@ -109,7 +103,7 @@ def run_worker(model: str, batch: int) -> None:
             for variant in VARIANTS:  # alternate, so both see the same machine
                 runner.decode_step = steps[variant]
                 meter.wait_for_quiet()
-                times = [_time_ms(runner, inputs[case]) for _ in range(reps[case, variant])]
+                times = [timed_ms(runner, inputs[case]) for _ in range(reps[case, variant])]
                 rounds[case, variant].append((float(np.median(times)), round(meter.others(), 2)))
     for case in grid:
         for variant in VARIANTS:
@@ -122,12 +116,8 @@ def run_worker(model: str, batch: int) -> None:
                               "round_ms": [round(m, 3) for m, _ in rounds[key]], "other_cores": others,
                               "settled": settled(key), "first_call_ms": round(first_ms[key], 1),
                               "mean_context": round(float(ctx.mean()), 1)}), flush=True)
-    _progress(f"[{model} B={batch} threads={os.environ.get('MSLLAMA_KERNEL_THREADS', 'default')}] done, "
+    progress(f"[{model} B={batch} threads={os.environ.get('MSLLAMA_KERNEL_THREADS', 'default')}] done, "
               f"quiet wait {meter.waited_s:.0f} s")
-
-
-def _progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ---- driver -----------------------------------------------------------------------------------
@@ -140,7 +130,7 @@ def run_all(models: list[str], batches: list[int], threads: list[str]) -> tuple[
             env["MSLLAMA_KERNEL_THREADS"] = n
         for model in models:
             for batch in batches:
-                _progress(f"[{model} B={batch} threads={n}] start")
+                progress(f"[{model} B={batch} threads={n}] start")
                 proc = subprocess.run([sys.executable, __file__, "--worker", model, str(batch)],
                                       stdout=subprocess.PIPE, text=True, env=env)
                 records += [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
@@ -246,7 +236,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     results.write_text(json.dumps({"meta": meta, "records": records}, indent=1) + "\n")
     plot(records, args.out / "plot.png")
-    _progress(f"{len(records)} records in {results}, {time.time() - start:.0f} s")
+    progress(f"{len(records)} records in {results}, {time.time() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from collections import deque
 import numpy as np
 
 from msllama import logits_files
+from msllama.runner import StepInput
 from msllama.tokenizer import IncrementalDetokenizer, Tokenizer
 
 from .block_manager import BlockManager
@@ -183,32 +184,30 @@ class AsyncEngine:
                                  "fits no compiled shape: check scheduler_config against max_generate_length)")
             self.scheduler.rejected.clear()
             phases: dict[str, float] = {"schedule": t1 - t0}
-            submitted = False
-            if batch is not None:
-                submitted = self._submit(batch, events, phases)
+            step = self._submit(batch, events, phases) if batch is not None else None
             stalled = batch is None
             t2 = time.perf_counter()
             self._emit(pending, events)       # overlaps the model step just submitted
             phases["detokenize"] = time.perf_counter() - t2
             pending = []
-            if submitted:
+            if step is not None:
                 pending = self._collect(batch, events, phases)
-                self.metrics.on_step("prefill" if batch.is_prefill else "decode",
-                                     sum(i.num_new for i in batch.items), phases)
+                self.metrics.on_step("prefill" if batch.is_prefill else "decode", len(step.token_ids), phases)
             self._deliver(events)
             self._update_gauges()
 
-    def _submit(self, batch: Batch, events: list, phases: dict[str, float]) -> bool:
+    def _submit(self, batch: Batch, events: list, phases: dict[str, float]) -> StepInput | None:
+        """The step sent to the agents, or None when it could not be sent."""
         try:
             t0 = time.perf_counter()
             step = self.scheduler.build_input(batch)
             t1 = time.perf_counter()
             self.worker.submit(step)
             phases["prepare"], phases["submit"] = t1 - t0, time.perf_counter() - t1
-            return True
+            return step
         except Exception as exc:  # an agent died or the step could not be sent
             self._on_worker_error(batch, exc, events)
-            return False
+            return None
 
     def _collect(self, batch: Batch, events: list, phases: dict[str, float]) -> list[Sampled]:
         try:
