@@ -9,14 +9,17 @@ Two graph entry points share one set of Parameters (weights and KV cache):
 * `DecodeStep` runs one token for each of `[B]` sequences; each reads its own context through its
   block table. With `attention_kernel: basic` the reads are one gather of
   `[kv_heads, B, max_blocks * block_size, head_dim]`, masked by context length; with `cpu_paged`
-  a C++ kernel (kernels/paged_attention.cpp) reads the cache rows in place, each sequence only up
-  to its own context length.
+  a C++ kernel (kernels/paged_attention.cpp) writes the step's K/V rows and reads the cache in
+  place, each sequence only up to its own context length.
 
-KV cache storage (measured fastest on CPU, ../shared/FINDINGS.md): per layer one flat Parameter
-for K and one for V of shape `[kv_heads * num_slots, head_dim]`, row `h * num_slots + slot`, where
-`slot = block * block_size + offset`. Writes use `scatter_update` on the Parameter itself (in
-place); reads are one `gather`. Block 0 is a trash block: padded tokens write there and padded
-block-table entries point there, so every index is valid.
+KV cache storage: per layer one flat Parameter `[num_blocks * 2 * kv_heads * block_size, head_dim]`,
+block-major: a block holds the K rows of every KV head, then their V rows, each head's rows
+contiguous, so row(slot, kind, h) = ((block * 2 + kind) * kv_heads + h) * block_size + offset with
+`slot = block * block_size + offset`. A block is one contiguous read (the kernel reads random 4 KB
+pieces at a third of the speed of 32-64 KB ones, experiments/2026-12-01-kv-layout). Writes use
+`scatter_update` on the Parameter itself (in place, ../shared/FINDINGS.md); reads are `gather`s.
+Block 0 is a trash block: padded tokens write there and padded block-table entries point there,
+so every index is valid.
 
 Both steps return logits for selected rows and their argmax + max value, so a greedy step only
 copies two small vectors to the host.
@@ -79,7 +82,6 @@ class DecoderLayer(nn.Cell):
         self.q_size = cfg.hidden_size
         self.kv_size = cfg.kv_heads * cfg.head_dim
         self.ffn = cfg.ffn_hidden
-        self.num_slots = rt.num_blocks * rt.block_size
         self.block_size = rt.block_size
         self.scale = 1.0 / float(np.sqrt(cfg.head_dim))
         p = f"model.layers.{i}."
@@ -91,14 +93,15 @@ class DecoderLayer(nn.Cell):
         self.wo = _param(_t(w[n["wo"]]), p + "wo", dtype)
         self.w13 = _param(_t(np.concatenate([w[n["w1"]], w[n["w3"]]])), p + "w13", dtype)
         self.w2 = _param(_t(w[n["w2"]]), p + "w2", dtype)
-        cache = np.zeros((cfg.kv_heads * self.num_slots, cfg.head_dim), np.float32)
-        self.k_cache = _param(cache, p + "k_cache", dtype)
-        self.v_cache = _param(cache, p + "v_cache", dtype)
+        block_rows = 2 * cfg.kv_heads * rt.block_size
+        self.kv_cache = _param(np.zeros((rt.num_blocks * block_rows, cfg.head_dim), np.float32), p + "kv_cache", dtype)
+        self.block_rows = block_rows
+        self.value_rows = cfg.kv_heads * rt.block_size  # a V row sits this far after its K row
         self.matmul = ops.MatMul()
         self.bmm_t = ops.BatchMatMul(transpose_b=True)
         self.bmm = ops.BatchMatMul()
-        self.head_offsets = Tensor(np.arange(cfg.kv_heads, dtype=np.int32) * self.num_slots)
-        self.paged_kernel = decode_attention_op() if rt.attention_kernel == KERNEL_NAME else None
+        self.head_offsets = Tensor(np.arange(cfg.kv_heads, dtype=np.int32) * rt.block_size)
+        self.paged_kernel = decode_attention_op(rt.block_size) if rt.attention_kernel == KERNEL_NAME else None
 
     def _rope(self, x, cos, sin):
         """x [N, heads, D], cos/sin [N, 1, D]: rotate-half rotary embedding."""
@@ -115,12 +118,16 @@ class DecoderLayer(nn.Cell):
         v = qkv[:, self.q_size + self.kv_size:].reshape(n, self.kv_heads, self.head_dim)
         return self._rope(q, cos, sin), self._rope(k, cos, sin), v
 
+    def _key_rows(self, slots):
+        """Cache rows of the keys of `slots` [...] for every KV head: [kv_heads, ...]."""
+        base = (slots // self.block_size) * self.block_rows + slots % self.block_size
+        return self.head_offsets.reshape((-1,) + (1,) * slots.ndim) + base.expand_dims(0)
+
     def _write_cache(self, k, v, slots):
-        """Scatter new k/v [N, kv_heads, D] to their slots; returns the updated caches."""
-        idx = self.head_offsets.reshape(-1, 1) + slots.reshape(1, -1)  # [kv_heads, N]
-        k_cache = ops.scatter_update(self.k_cache, idx, k.transpose(1, 0, 2))
-        v_cache = ops.scatter_update(self.v_cache, idx, v.transpose(1, 0, 2))
-        return k_cache, v_cache
+        """Scatter new k/v [N, kv_heads, D] to their slots (one scatter for both); returns the cache."""
+        rows = self._key_rows(slots)  # [kv_heads, N]
+        idx = ops.concat((rows, rows + self.value_rows))
+        return ops.scatter_update(self.kv_cache, idx, ops.concat((k, v), 1).transpose(1, 0, 2))
 
     def _finish(self, x, attn):
         """Output projection, residual, SwiGLU MLP, residual."""
@@ -137,10 +144,10 @@ class DecoderLayer(nn.Cell):
         """x [T, hidden]; k_index [C] cache slots of all context tokens; bias [group * T, C]."""
         t = x.shape[0]
         q, k, v = self._qkv(x, cos, sin)
-        k_cache, v_cache = self._write_cache(k, v, slots)
-        idx = self.head_offsets.reshape(-1, 1) + k_index.reshape(1, -1)  # [kv_heads, C]
-        keys = ops.gather(k_cache, idx, 0)  # [kv_heads, C, D]
-        vals = ops.gather(v_cache, idx, 0)
+        cache = self._write_cache(k, v, slots)
+        idx = self._key_rows(k_index)  # [kv_heads, C]
+        keys = ops.gather(cache, idx, 0)  # [kv_heads, C, D]
+        vals = ops.gather(cache, idx + self.value_rows, 0)
         # [T, heads, D] -> [kv_heads, group * T, D]: each KV head serves its group of query heads
         q = q.reshape(t, self.kv_heads, self.group, self.head_dim).transpose(1, 2, 0, 3)
         q = q.reshape(self.kv_heads, self.group * t, self.head_dim) * self.scale
@@ -148,20 +155,20 @@ class DecoderLayer(nn.Cell):
         out = out.reshape(self.kv_heads, self.group, t, self.head_dim).transpose(2, 0, 1, 3)
         return self._finish(x, out.reshape(t, self.q_size))
 
-    def decode(self, x, cos, sin, slots, k_index, context_lens, bias, use_kernel):
-        """x [B, hidden]; k_index [B, L] cache slots of each sequence's context; context_lens [B];
-        bias [B, 1, L] for the basic attention (None with the kernel)."""
+    def decode(self, x, cos, sin, slots, block_tables, k_index, context_lens, bias, use_kernel):
+        """x [B, hidden]; block_tables [B, M]; context_lens [B]; for the basic attention (None with
+        the kernel) k_index [B, L] cache slots of each sequence's context and bias [B, 1, L]."""
         b = x.shape[0]
         q, k, v = self._qkv(x, cos, sin)
-        k_cache, v_cache = self._write_cache(k, v, slots)
         q = q.reshape(b, self.kv_heads, self.group, self.head_dim) * self.scale
         if use_kernel:
-            # reads the updated caches in place, each sequence up to its own length
-            out = self.paged_kernel(q, k_cache, v_cache, k_index, context_lens)  # [B, kv_heads, group, D]
+            # writes k/v at each sequence's last position, then reads the cache up to it, in place
+            out = self.paged_kernel(q, self.kv_cache, k, v, block_tables, context_lens)  # [B, kv_heads, group, D]
             return self._finish(x, out.reshape(b, self.q_size))
-        idx = self.head_offsets.reshape(-1, 1, 1) + k_index.reshape(1, b, -1)  # [kv_heads, B, L]
-        keys = ops.gather(k_cache, idx, 0)  # [kv_heads, B, L, D]
-        vals = ops.gather(v_cache, idx, 0)
+        cache = self._write_cache(k, v, slots)
+        idx = self._key_rows(k_index)  # [kv_heads, B, L]
+        keys = ops.gather(cache, idx, 0)  # [kv_heads, B, L, D]
+        vals = ops.gather(cache, idx + self.value_rows, 0)
         scores = self.bmm_t(q.transpose(1, 0, 2, 3), keys)  # [kv_heads, B, group, L]
         out = self._softmax_v(scores, bias, vals)  # [kv_heads, B, group, D]
         return self._finish(x, out.transpose(1, 0, 2, 3).reshape(b, self.q_size))
@@ -243,13 +250,13 @@ class DecodeStep(nn.Cell):
     def construct(self, tokens, positions, slots, block_tables, context_lens):
         b = tokens.shape[0]
         x, cos, sin = self.model.embed(tokens, positions)
-        k_index = (block_tables.reshape(b, -1, 1) * self.block_size
-                   + self.block_offsets.reshape(1, 1, -1)).reshape(b, -1)  # [B, L]
-        bias = None
+        k_index = bias = None
         if not self.use_kernel:
+            k_index = (block_tables.reshape(b, -1, 1) * self.block_size
+                       + self.block_offsets.reshape(1, 1, -1)).reshape(b, -1)  # [B, L]
             length = k_index.shape[1]
             mask = ops.arange(0, length, dtype=ms.int32).reshape(1, -1) < context_lens.reshape(-1, 1)
             bias = _mask_bias(mask).reshape(b, 1, length)
         for layer in self.model.layers:
-            x = layer.decode(x, cos, sin, slots, k_index, context_lens, bias, self.use_kernel)
+            x = layer.decode(x, cos, sin, slots, block_tables, k_index, context_lens, bias, self.use_kernel)
         return self.model.head(x)

@@ -1,5 +1,5 @@
-"""The cpu_paged decode-attention kernel: against float64 numpy inside a GRAPH_MODE graph that
-writes the cache first, its contract at the edges, bad input, the library cache, the fallback
+"""The cpu_paged decode-attention kernel: against float64 numpy inside a GRAPH_MODE graph (the
+kernel writes the step's rows into the cache Parameter in place), its contract at the edges, bad input, the library cache, the fallback
 when no compiler exists, the config switch, and the whole model with the kernel against the
 basic-op attention (test_model.py's reference and batch-invariance tests re-run with basic ops)."""
 from __future__ import annotations
@@ -44,25 +44,22 @@ def graph_mode():
         pytest.skip(f"the kernel cannot be built here: {e}")
 
 
-class WriteThenAttend(nn.Cell):
-    """As DecoderLayer.decode: scatter the new rows into the cache Parameters, then run the kernel
-    on the updated caches that scatter_update returns."""
+class Attend(nn.Cell):
+    """As DecoderLayer.decode with the kernel: the cache is a Parameter, the kernel writes it."""
 
-    def __init__(self, k_cache: np.ndarray, v_cache: np.ndarray):
+    def __init__(self, cache: np.ndarray):
         super().__init__()
-        self.k_cache = Parameter(Tensor(k_cache), name="k_cache", requires_grad=False)
-        self.v_cache = Parameter(Tensor(v_cache), name="v_cache", requires_grad=False)
-        self.attend = decode_attention_op()
+        self.kv_cache = Parameter(Tensor(cache), name="kv_cache", requires_grad=False)
+        self.attend = decode_attention_op(BS)
 
-    def construct(self, q, slots, context_lens, rows, k_new, v_new):
-        k_cache = ops.scatter_update(self.k_cache, rows, k_new)
-        v_cache = ops.scatter_update(self.v_cache, rows, v_new)
-        return self.attend(q, k_cache, v_cache, slots, context_lens)
+    def construct(self, q, k_new, v_new, tables, context_lens):
+        return self.attend(q, self.kv_cache, k_new, v_new, tables, context_lens)
 
 
-def slot_table(tables: np.ndarray) -> np.ndarray:
-    """Block tables [B, M] -> cache slot of every position [B, M * BS]."""
-    return (tables[:, :, None] * BS + np.arange(BS)[None, None, :]).reshape(len(tables), -1).astype(np.int32)
+def rows(tables: np.ndarray, b: int, n: int, kind: int, h: int, kv_heads: int) -> np.ndarray:
+    """Block-major cache rows of sequence b's first n positions, K (kind 0) or V (1), KV head h."""
+    pos = np.arange(n)
+    return ((tables[b, pos // BS] * 2 + kind) * kv_heads + h) * BS + pos % BS
 
 
 def shuffled_tables(lens: list[int], width: int, rng: np.random.Generator) -> np.ndarray:
@@ -75,87 +72,94 @@ def shuffled_tables(lens: list[int], width: int, rng: np.random.Generator) -> np
     return tables
 
 
-def reference(q, k_cache, v_cache, slots, lens, kv_heads) -> np.ndarray:
-    """float64 softmax(q . K) V over each sequence's first lens[b] slots; q [B, kv_heads, G, D]."""
-    k64, v64 = k_cache.astype(np.float64), v_cache.astype(np.float64)
-    s = len(k_cache) // kv_heads
+def reference(q, cache, tables, lens, kv_heads) -> np.ndarray:
+    """float64 softmax(q . K) V over each sequence's first lens[b] positions; q [B, kv_heads, G, D]."""
+    c64 = cache.astype(np.float64)
     out = np.zeros(q.shape)
     for b, n in enumerate(lens):
         for h in range(kv_heads):
-            rows = h * s + slots[b, :n]
-            scores = q[b, h].astype(np.float64) @ k64[rows].T
+            scores = q[b, h].astype(np.float64) @ c64[rows(tables, b, n, 0, h, kv_heads)].T
             p = np.exp(scores - scores.max(axis=1, keepdims=True))
-            out[b, h] = (p / p.sum(axis=1, keepdims=True)) @ v64[rows]
+            out[b, h] = (p / p.sum(axis=1, keepdims=True)) @ c64[rows(tables, b, n, 1, h, kv_heads)]
     return out
 
 
-@pytest.mark.parametrize("kv_heads,group,head_dim", [(2, 4, 32), (4, 1, 64), (1, 3, 20)],
-                         ids=["gqa", "mha", "head_dim_20"])
-def test_kernel_matches_float64_after_the_cache_write(kv_heads, group, head_dim):
+def random_cache(kv_heads: int, head_dim: int, rng: np.random.Generator) -> np.ndarray:
+    return rng.standard_normal((NUM_BLOCKS * 2 * kv_heads * BS, head_dim)).astype(np.float32)
+
+
+@pytest.mark.parametrize("kv_heads,group,head_dim", [(2, 4, 32), (4, 1, 64), (1, 3, 20), (8, 1, 64)],
+                         ids=["gqa", "mha", "head_dim_20", "heads_split"])
+def test_kernel_writes_the_new_rows_in_place_then_matches_float64(kv_heads, group, head_dim):
     rng = np.random.default_rng(kv_heads)
-    lens = [1, 17, 40, 33, 16, 2]                      # ragged, 1, block edges
-    tables = shuffled_tables(lens, 32, rng)            # L = 512: far beyond every context
-    slots = slot_table(tables)
-    num_slots = NUM_BLOCKS * BS
-    k_cache = rng.standard_normal((kv_heads * num_slots, head_dim)).astype(np.float32)
-    v_cache = rng.standard_normal((kv_heads * num_slots, head_dim)).astype(np.float32)
-    q = (rng.standard_normal((len(lens), kv_heads, group, head_dim)) / np.sqrt(head_dim)).astype(np.float32)
-    # this step's token of each sequence (its last position) is written by the same graph
-    last = slots[np.arange(len(lens)), np.array(lens) - 1]
-    rows = (np.arange(kv_heads)[:, None] * num_slots + last[None, :]).astype(np.int32)  # [kv_heads, B]
-    k_new = (3 * rng.standard_normal((kv_heads, len(lens), head_dim))).astype(np.float32)
-    v_new = rng.standard_normal((kv_heads, len(lens), head_dim)).astype(np.float32)
+    lens = [1, 17, 40, 33, 16, 2] if kv_heads != 8 else [45, 3]  # ragged, 1, block edges; B < 8 splits heads
+    tables = shuffled_tables(lens, 32, rng)                      # M * BS = 512: far beyond every context
+    cache = random_cache(kv_heads, head_dim, rng)
+    b = len(lens)
+    q = (rng.standard_normal((b, kv_heads, group, head_dim)) / np.sqrt(head_dim)).astype(np.float32)
+    k_new = (3 * rng.standard_normal((b, kv_heads, head_dim))).astype(np.float32)
+    v_new = rng.standard_normal((b, kv_heads, head_dim)).astype(np.float32)
 
-    net = WriteThenAttend(k_cache, v_cache)
-    out = net(Tensor(q), Tensor(slots), Tensor(np.array(lens, np.int32)), Tensor(rows), Tensor(k_new),
-              Tensor(v_new)).asnumpy()
+    net = Attend(cache)
+    out = net(Tensor(q), Tensor(k_new), Tensor(v_new), Tensor(tables), Tensor(np.array(lens, np.int32))).asnumpy()
 
-    stale = reference(q, k_cache, v_cache, slots, lens, kv_heads)
-    k_cache[rows.ravel()] = k_new.reshape(-1, head_dim)
-    v_cache[rows.ravel()] = v_new.reshape(-1, head_dim)
-    expected = reference(q, k_cache, v_cache, slots, lens, kv_heads)
+    stale = reference(q, cache, tables, lens, kv_heads)
+    for i, n in enumerate(lens):
+        for h in range(kv_heads):
+            cache[rows(tables, i, n, 0, h, kv_heads)[-1]] = k_new[i, h]
+            cache[rows(tables, i, n, 1, h, kv_heads)[-1]] = v_new[i, h]
+    np.testing.assert_array_equal(net.kv_cache.asnumpy(), cache)  # written in place, nothing else touched
+    expected = reference(q, cache, tables, lens, kv_heads)
     assert np.abs(out - expected).max() < 2e-6
-    assert np.abs(out - stale).max() > 1e-2  # so the kernel did read the rows written in the graph
+    assert np.abs(out - stale).max() > 1e-2  # so the kernel did read the rows it wrote
 
 
 def test_a_sequence_reads_only_its_own_context():
-    """The output of a sequence is bit-identical whatever the bucket width, the slots past its
-    context (even invalid ones) and the other sequences of the batch; context 0 gives zeros."""
+    """The output of a sequence is bit-identical whatever the bucket width, the blocks past its
+    context (even invalid ones) and the other sequences of the batch."""
     rng = np.random.default_rng(7)
     kv_heads, group = 2, 4
-    num_slots = NUM_BLOCKS * BS
-    k = Tensor(rng.standard_normal((kv_heads * num_slots, HEAD_DIM)).astype(np.float32))
-    v = Tensor(rng.standard_normal((kv_heads * num_slots, HEAD_DIM)).astype(np.float32))
+    cache = random_cache(kv_heads, HEAD_DIM, rng)
     q = rng.standard_normal((3, kv_heads, group, HEAD_DIM)).astype(np.float32)
-    lens = np.array([21, 5, 0], np.int32)
-    slots = slot_table(shuffled_tables([21, 5, 1], 2, rng))                   # L = 32
-    attend = decode_attention_op()
-    batch = attend(Tensor(q), k, v, Tensor(slots), Tensor(lens)).asnumpy()
+    new = rng.standard_normal((2, 3, kv_heads, HEAD_DIM)).astype(np.float32)
+    lens = np.array([21, 5, 1], np.int32)
+    tables = shuffled_tables([21, 5, 1], 2, rng)                               # M * BS = 32
 
-    wide = np.full((3, 512), 10**6, np.int32)                                  # out of range past the context
-    wide[:, :32] = slots
-    wide[0, 21:32] = 10**6
-    alone = [attend(Tensor(q[b:b + 1]), k, v, Tensor(wide[b:b + 1]), Tensor(lens[b:b + 1])).asnumpy()[0]
-             for b in range(3)]
+    def run(b: slice, t: np.ndarray) -> np.ndarray:
+        return Attend(cache)(Tensor(q[b]), Tensor(new[0, b]), Tensor(new[1, b]), Tensor(t), Tensor(lens[b])).asnumpy()
+
+    batch = run(slice(0, 3), tables)
+    wide = np.full((3, 32), 10**6, np.int32)                                   # invalid past the context
+    wide[:, :2] = tables
+    wide[0, 2:] = 10**6
     for b in range(3):
-        np.testing.assert_array_equal(batch[b], alone[b])
-    assert not batch[2].any()
+        np.testing.assert_array_equal(batch[b], run(slice(b, b + 1), wide[b:b + 1])[0])
 
 
 def test_bad_input_is_a_clear_error():
     q = Tensor(np.zeros((1, 2, 1, 8), np.float32))
-    cache = Tensor(np.zeros((2 * 4, 8), np.float32))
+    new = Tensor(np.zeros((1, 2, 8), np.float32))
+    cache = Tensor(np.zeros((3 * 2 * 2 * BS, 8), np.float32))  # 3 blocks
+    tables = Tensor(np.array([[1, 2]], np.int32))
     lens = Tensor(np.array([2], np.int32))
-    attend = decode_attention_op()
-    with pytest.raises(ValueError, match="input 'slots': must be Int32"):
-        attend(q, cache, cache, Tensor(np.array([[0, 1]], np.int64)), lens)
-    with pytest.raises(ValueError, match=r"input 'k_cache': must be \[kv_heads \* slots, head_dim\]"):
-        attend(q, Tensor(np.zeros((8, 4), np.float32)), cache, Tensor(np.array([[0, 1]], np.int32)), lens)
+    attend = decode_attention_op(BS)
+    with pytest.raises(ValueError, match="input 'block_tables': must be Int32"):
+        attend(q, cache, new, new, Tensor(np.array([[1, 2]], np.int64)), lens)
+    with pytest.raises(ValueError, match=r"input 'kv_cache': must be \[num_blocks \* 2 \* kv_heads \* block_size"):
+        attend(q, Tensor(np.zeros((8, 4), np.float32)), new, new, tables, lens)
+    with pytest.raises(ValueError, match=r"input 'k_new': must be \[B, kv_heads, head_dim\]"):
+        attend(q, cache, Tensor(np.zeros((1, 2, 4), np.float32)), new, tables, lens)
     with pytest.raises(ValueError, match="input 'context_lens': must be"):
-        attend(q, cache, cache, Tensor(np.array([[0, 1]], np.int32)), Tensor(np.array([2, 2], np.int32)))
-    # a slot outside the cache within the context: the kernel refuses (code 4) instead of reading
+        attend(q, cache, new, new, tables, Tensor(np.array([2, 2], np.int32)))
+    with pytest.raises(ValueError, match=r"block_size must be one of \[8, 16, 32, 64, 128\], got 12"):
+        decode_attention_op(12)
+    # a block outside the cache within the context (code 4), a context of 0 or past the table (6):
+    # the kernel refuses instead of reading or writing out of bounds
     with pytest.raises(RuntimeError, match="is 4"):
-        attend(q, cache, cache, Tensor(np.array([[0, 4]], np.int32)), lens)
+        attend(q, cache, new, new, Tensor(np.array([[3, 0]], np.int32)), lens)
+    for bad in (0, 2 * BS + 1):
+        with pytest.raises(RuntimeError, match="is 6"):
+            attend(q, cache, new, new, tables, Tensor(np.array([bad], np.int32)))
 
 
 def test_library_is_cached_by_source_and_rebuilt_when_it_changes(tmp_path):

@@ -1,20 +1,29 @@
-// Paged decode attention for MindSpore's CPU `Custom(func_type="aot")` op, fp32.
+// Paged decode attention for MindSpore's CPU `Custom(func_type="aot")` op, fp32, with the cache
+// write of the step's new K/V rows done in the same call.
 //
-// For every sequence b and query head (kvh, g):
-//   out[b, kvh, g] = softmax(q[b, kvh, g] . K[rows]) @ V[rows],  rows = kvh * S + slots[b, j],
-//   j < context_lens[b]
-// K/V are read in place from the flat head-major cache [kv_heads * S, D] (S slots per head), only
-// up to each sequence's own context length: the cost does not grow with the padded width L of
-// the slot table nor with the other sequences of the batch. Queries arrive already scaled.
+// Cache layout, block-major (one Parameter per layer, as msllama/model.py builds it): a block
+// holds the K rows of every KV head, then their V rows, each head's rows contiguous:
+//   row(block, kind, h, offset) = ((block * 2 + kind) * KVH + h) * BS + offset,  kind 0 = K, 1 = V
+// so a block is one contiguous 2 * KVH * BS * D floats (64 KB on the bench model). Reading whole
+// blocks matters more than any arithmetic here: on this machine one thread reads random 4 KB
+// chunks at ~6 GB/s and 32-128 KB chunks at 15-19 GB/s (experiments/2026-12-01-kv-layout).
+//
+// For every sequence b: first its new token's rows are stored at position p = context_lens[b] - 1
+// (block block_tables[b, p / BS], offset p % BS), then for each query head (kvh, g)
+//   out[b, kvh, g] = softmax(q[b, kvh, g] . K[kvh, 0..p]) @ V[kvh, 0..p]
+// reading the cache in place, only up to the sequence's own context length: the cost does not
+// grow with the bucket width M nor with the other sequences of the batch. Queries arrive scaled.
 //
 // Inputs (MindSpore passes inputs then outputs):
 //   0 q            float32 [B, KVH, G, D]   G query heads share one KV head (GQA; G = 1 is MHA)
-//   1 k_cache      float32 [KVH * S, D]
-//   2 v_cache      float32 [KVH * S, D]
-//   3 slots        int32   [B, L]            cache slot of each context token, L >= context
-//   4 context_lens int32   [B]               clipped to [0, L]; 0 gives a zero output row
-//   5 out          float32 [B, KVH, G, D]
+//   1 kv_cache     float32 [NB * 2 * KVH * BS, D], written in place (the step's new rows)
+//   2 k_new        float32 [B, KVH, D]      this step's K/V of each sequence (rotary applied)
+//   3 v_new        float32 [B, KVH, D]
+//   4 block_tables int32   [B, M]           physical blocks of each sequence, in order
+//   5 context_lens int32   [B]              tokens after this step, in [1, M * BS]
+//   6 out          float32 [B, KVH, G, D]
 // Returns 0, or a nonzero code that MindSpore turns into an exception (see the error codes).
+// Padded batch rows point at the trash block 0 with context 1: they write and read only there.
 //
 // Arithmetic: fp32 with fp32 accumulation, max-subtracted softmax, on 8-float vectors (GCC vector
 // extensions: AVX with -march=native, split into SSE or scalar code elsewhere). The autovectoriser
@@ -25,7 +34,8 @@
 // Threads: the calling thread plus helpers started for this call and joined before returning
 // (MSLLAMA_KERNEL_THREADS, default the CPUs this process may use). Not OpenMP: libgomp's workers
 // spin after a parallel region and took the cores from MindSpore's next kernels (measured 2x
-// slower steps). Small calls stay on the calling thread.
+// slower steps). Small calls stay on the calling thread. All writes happen before any thread
+// reads, so no row is read while it is written.
 #include <sched.h>
 
 #include <algorithm>
@@ -45,12 +55,13 @@ enum Status : int {
   kOk = 0,
   kBadArity = 1,      // not 5 inputs + 1 output
   kBadDtype = 2,      // q/k/v/out not float32, slots/context_lens not int32
-  kBadShape = 3,      // ranks or sizes inconsistent
-  kBadSlot = 4,       // a slot index outside [0, S)
+  kBadShape = 3,      // ranks or sizes inconsistent (the cache rows not a whole number of blocks)
+  kBadBlock = 4,      // a block index (within a context) outside [0, NB)
   kNoMemory = 5,
+  kBadLength = 6,     // a context length outside [1, M * BS]
 };
 
-constexpr int64_t kMaxGroup = 64;
+constexpr int64_t kMaxHeads = 256;  // KVH * G query heads
 
 typedef float F8 __attribute__((vector_size(32)));
 typedef int32_t I8 __attribute__((vector_size(32)));
@@ -140,36 +151,71 @@ float ExpShiftedSum(float *s, int64_t n) {
 }
 
 struct Dims {
-  int64_t batch, kv_heads, group, head_dim, slots_per_head, width;
+  int64_t batch, kv_heads, group, head_dim, block_size, num_blocks, width;  // width = M blocks
+  int64_t block_floats() const { return 2 * kv_heads * block_size * head_dim; }
 };
 
-// One (sequence, KV head) pair: its G query heads share every K/V row loaded.
-// scores holds G * L floats, acc G * D.
-int AttendOne(const Dims &m, int64_t b, int64_t kvh, const float *q, const float *k_cache,
-              const float *v_cache, const int32_t *slots, int64_t n, float *out, float *scores, float *acc) {
-  const int64_t d = m.head_dim, g_count = m.group, width = m.width;
-  const int64_t head_base = kvh * m.slots_per_head;
-  const int32_t *seq_slots = slots + b * width;
-  const float *qb = q + ((b * m.kv_heads + kvh) * g_count) * d;
-  float *ob = out + ((b * m.kv_heads + kvh) * g_count) * d;
-  if (n == 0) {
-    std::memset(ob, 0, sizeof(float) * g_count * d);
-    return kOk;
+// Row pointer of (block, kind, head, offset) in the block-major cache.
+inline const float *Row(const Dims &m, const float *cache, int64_t block, int64_t kind, int64_t h, int64_t off) {
+  return cache + block * m.block_floats() + ((kind * m.kv_heads + h) * m.block_size + off) * m.head_dim;
+}
+
+// Sequence b, KV heads [h0, h0 + hc): their G query heads each. Blocks are walked in table order
+// and, inside a block, head after head, so reads are sequential within each block.
+// scores holds hc * G * (M * BS) floats, acc hc * G * D.
+int AttendHeads(const Dims &m, int64_t b, int64_t h0, int64_t hc, const float *q, const float *cache,
+                const int32_t *tables, int64_t n, float *out, float *scores, float *acc) {
+  const int64_t d = m.head_dim, g_count = m.group, bs = m.block_size, stride = m.width * bs;
+  const int32_t *table = tables + b * m.width;
+  const int64_t blocks = (n + bs - 1) / bs;
+  for (int64_t i = 0; i < blocks; ++i) {
+    if (table[i] < 0 || table[i] >= m.num_blocks) return kBadBlock;
   }
-  for (int64_t j = 0; j < n; ++j) {
-    const int32_t slot = seq_slots[j];
-    if (slot < 0 || slot >= m.slots_per_head) return kBadSlot;
-    const float *k_row = k_cache + (head_base + slot) * d;
-    for (int64_t g = 0; g < g_count; ++g) scores[g * width + j] = Dot(qb + g * d, k_row, d);
+  for (int64_t i = 0; i < blocks; ++i) {
+    const int64_t rows = std::min(bs, n - i * bs);
+    for (int64_t h = 0; h < hc; ++h) {
+      const float *qh = q + ((b * m.kv_heads + h0 + h) * g_count) * d;
+      const float *k_row = Row(m, cache, table[i], 0, h0 + h, 0);
+      float *sh = scores + h * g_count * stride + i * bs;
+      for (int64_t j = 0; j < rows; ++j, k_row += d) {
+        for (int64_t g = 0; g < g_count; ++g) sh[g * stride + j] = Dot(qh + g * d, k_row, d);
+      }
+    }
   }
-  float inv_sum[kMaxGroup];
-  for (int64_t g = 0; g < g_count; ++g) inv_sum[g] = 1.0f / ExpShiftedSum(scores + g * width, n);
-  std::memset(acc, 0, sizeof(float) * g_count * d);
-  for (int64_t j = 0; j < n; ++j) {
-    const float *v_row = v_cache + (head_base + seq_slots[j]) * d;
-    for (int64_t g = 0; g < g_count; ++g) Axpy(acc + g * d, scores[g * width + j], v_row, d);
+  float inv_sum[kMaxHeads];
+  for (int64_t r = 0; r < hc * g_count; ++r) inv_sum[r] = 1.0f / ExpShiftedSum(scores + r * stride, n);
+  std::memset(acc, 0, sizeof(float) * hc * g_count * d);
+  for (int64_t i = 0; i < blocks; ++i) {
+    const int64_t rows = std::min(bs, n - i * bs);
+    for (int64_t h = 0; h < hc; ++h) {
+      const float *v_row = Row(m, cache, table[i], 1, h0 + h, 0);
+      const float *sh = scores + h * g_count * stride + i * bs;
+      float *ah = acc + h * g_count * d;
+      for (int64_t j = 0; j < rows; ++j, v_row += d) {
+        for (int64_t g = 0; g < g_count; ++g) Axpy(ah + g * d, sh[g * stride + j], v_row, d);
+      }
+    }
   }
-  for (int64_t i = 0; i < g_count * d; ++i) ob[i] = acc[i] * inv_sum[i / d];
+  float *ob = out + ((b * m.kv_heads + h0) * g_count) * d;
+  for (int64_t i = 0; i < hc * g_count * d; ++i) ob[i] = acc[i] * inv_sum[i / d];
+  return kOk;
+}
+
+// Store each sequence's new K/V rows at its last position (before any thread reads).
+int WriteNewRows(const Dims &m, float *cache, const float *k_new, const float *v_new, const int32_t *tables,
+                 const int32_t *context_lens) {
+  const int64_t d = m.head_dim, bs = m.block_size;
+  for (int64_t b = 0; b < m.batch; ++b) {
+    const int64_t pos = context_lens[b] - 1;
+    if (pos < 0 || pos >= m.width * bs) return kBadLength;
+    const int32_t block = tables[b * m.width + pos / bs];
+    if (block < 0 || block >= m.num_blocks) return kBadBlock;
+    for (int64_t h = 0; h < m.kv_heads; ++h) {
+      const int64_t src = (b * m.kv_heads + h) * d;
+      std::memcpy(const_cast<float *>(Row(m, cache, block, 0, h, pos % bs)), k_new + src, sizeof(float) * d);
+      std::memcpy(const_cast<float *>(Row(m, cache, block, 1, h, pos % bs)), v_new + src, sizeof(float) * d);
+    }
+  }
   return kOk;
 }
 
@@ -180,23 +226,25 @@ std::unique_ptr<float[]> Scratch(int64_t floats) {
 bool IsType(const char *dtype, const char *want) { return std::strcmp(dtype, want) == 0; }
 
 int CheckArgs(int nparam, int *ndims, int64_t **shapes, const char **dtypes, Dims *m) {
-  if (nparam != 6) return kBadArity;
-  for (int i : {0, 1, 2, 5}) {
+  if (nparam != 7) return kBadArity;
+  for (int i : {0, 1, 2, 3, 6}) {
     if (!IsType(dtypes[i], "float32")) return kBadDtype;
   }
-  if (!IsType(dtypes[3], "int32") || !IsType(dtypes[4], "int32")) return kBadDtype;
-  if (ndims[0] != 4 || ndims[1] != 2 || ndims[2] != 2 || ndims[3] != 2 || ndims[4] != 1 || ndims[5] != 4) {
-    return kBadShape;
+  if (!IsType(dtypes[4], "int32") || !IsType(dtypes[5], "int32")) return kBadDtype;
+  const int want_ndims[7] = {4, 2, 3, 3, 2, 1, 4};
+  for (int i = 0; i < 7; ++i) {
+    if (ndims[i] != want_ndims[i]) return kBadShape;
   }
   const int64_t *q = shapes[0];
-  *m = Dims{q[0], q[1], q[2], q[3], 0, shapes[3][1]};
-  if (m->kv_heads <= 0 || m->group <= 0 || m->group > kMaxGroup || m->head_dim <= 0) return kBadShape;
-  if (shapes[1][0] != shapes[2][0] || shapes[1][1] != m->head_dim || shapes[2][1] != m->head_dim) return kBadShape;
-  if (shapes[1][0] % m->kv_heads != 0) return kBadShape;
-  m->slots_per_head = shapes[1][0] / m->kv_heads;
-  if (shapes[3][0] != m->batch || shapes[4][0] != m->batch) return kBadShape;
+  *m = Dims{q[0], q[1], q[2], q[3], 0, 0, shapes[4][1]};
+  if (m->kv_heads <= 0 || m->group <= 0 || m->kv_heads * m->group > kMaxHeads || m->head_dim <= 0) return kBadShape;
+  if (shapes[1][1] != m->head_dim) return kBadShape;
+  for (int i : {2, 3}) {
+    if (shapes[i][0] != m->batch || shapes[i][1] != m->kv_heads || shapes[i][2] != m->head_dim) return kBadShape;
+  }
+  if (shapes[4][0] != m->batch || shapes[5][0] != m->batch || m->width <= 0) return kBadShape;
   for (int i = 0; i < 4; ++i) {
-    if (shapes[5][i] != q[i]) return kBadShape;
+    if (shapes[6][i] != q[i]) return kBadShape;
   }
   return kOk;
 }
@@ -215,40 +263,47 @@ int ThreadCount(int64_t rows, int64_t items) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({wanted, by_work, items})));
 }
 
-}  // namespace
-
-extern "C" int PagedDecodeAttention(int nparam, void **params, int *ndims, int64_t **shapes,
-                                    const char **dtypes, void *stream, void *extra) {
-  (void)stream;
-  (void)extra;
+// The block size is the one dimension the inputs' shapes do not carry (the cache is 2-D, as
+// scatter_update needs), so there is one entry point per supported block size.
+template <int64_t kBlockSize>
+int PagedDecodeAttentionImpl(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   Dims m{};
-  const int status = CheckArgs(nparam, ndims, shapes, dtypes, &m);
+  int status = CheckArgs(nparam, ndims, shapes, dtypes, &m);
   if (status != kOk) return status;
+  m.block_size = kBlockSize;
+  if (shapes[1][0] % (2 * m.kv_heads * kBlockSize) != 0) return kBadShape;
+  m.num_blocks = shapes[1][0] / (2 * m.kv_heads * kBlockSize);
   const auto *q = static_cast<const float *>(params[0]);
-  const auto *k_cache = static_cast<const float *>(params[1]);
-  const auto *v_cache = static_cast<const float *>(params[2]);
-  const auto *slots = static_cast<const int32_t *>(params[3]);
-  const auto *context_lens = static_cast<const int32_t *>(params[4]);
-  auto *out = static_cast<float *>(params[5]);
-  const int64_t items = m.batch * m.kv_heads;
+  auto *cache = static_cast<float *>(params[1]);
+  const auto *tables = static_cast<const int32_t *>(params[4]);
+  const auto *context_lens = static_cast<const int32_t *>(params[5]);
+  auto *out = static_cast<float *>(params[6]);
+  status = WriteNewRows(m, cache, static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
+                        tables, context_lens);
+  if (status != kOk) return status;
+  // An item is one sequence and a run of its KV heads: whole sequences keep reads block-sized;
+  // small batches split heads so that every thread has work.
+  int64_t splits = 1;
+  while (m.batch * splits < 8 && m.kv_heads % (2 * splits) == 0) splits *= 2;
+  const int64_t heads_per_item = m.kv_heads / splits, items = m.batch * splits;
   int64_t rows = 0;
-  for (int64_t b = 0; b < m.batch; ++b) rows += std::clamp<int64_t>(context_lens[b], 0, m.width);
+  for (int64_t b = 0; b < m.batch; ++b) rows += context_lens[b];
   rows *= m.kv_heads;
 
   std::atomic<int64_t> next{0};
   std::atomic<int> failure{kOk};
   // Items are claimed one at a time: ragged context lengths make them very unequal.
   auto work = [&]() {
-    const auto scores = Scratch(m.group * m.width);
-    const auto acc = Scratch(m.group * m.head_dim);
+    const auto scores = Scratch(heads_per_item * m.group * m.width * kBlockSize);
+    const auto acc = Scratch(heads_per_item * m.group * m.head_dim);
     if (!scores || !acc) {
       failure.store(kNoMemory);
       return;
     }
     for (int64_t item = next++; item < items && failure.load(std::memory_order_relaxed) == kOk; item = next++) {
-      const int64_t b = item / m.kv_heads, kvh = item % m.kv_heads;
-      const int64_t n = std::clamp<int64_t>(context_lens[b], 0, m.width);
-      const int rc = AttendOne(m, b, kvh, q, k_cache, v_cache, slots, n, out, scores.get(), acc.get());
+      const int64_t b = item / splits, h0 = (item % splits) * heads_per_item;
+      const int rc = AttendHeads(m, b, h0, heads_per_item, q, cache, tables, context_lens[b], out, scores.get(),
+                                 acc.get());
       if (rc != kOk) failure.store(rc);
     }
   };
@@ -262,3 +317,19 @@ extern "C" int PagedDecodeAttention(int nparam, void **params, int *ndims, int64
   for (auto &h : helpers) h.join();
   return failure.load();
 }
+
+}  // namespace
+
+#define MSLLAMA_PAGED_ATTENTION(BS)                                                                      \
+  extern "C" int PagedDecodeAttentionBS##BS(int nparam, void **params, int *ndims, int64_t **shapes,  \
+                                             const char **dtypes, void *stream, void *extra) {         \
+    (void)stream;                                                                                      \
+    (void)extra;                                                                                       \
+    return PagedDecodeAttentionImpl<BS>(nparam, params, ndims, shapes, dtypes);                        \
+  }
+// keep in step with BLOCK_SIZES in paged_attention.py
+MSLLAMA_PAGED_ATTENTION(8)
+MSLLAMA_PAGED_ATTENTION(16)
+MSLLAMA_PAGED_ATTENTION(32)
+MSLLAMA_PAGED_ATTENTION(64)
+MSLLAMA_PAGED_ATTENTION(128)
