@@ -1,16 +1,17 @@
 """Llama-2 with a paged KV cache in MindSpore, in one file.
 
-Two graph entry points share one set of Parameters (weights and KV cache):
+The graph entry points share one set of Parameters (weights and KV cache):
 
-* `PrefillStep` runs the new tokens of several sequences flattened to `[T]` (prompts, prompt
-  chunks after a prefix-cache hit). Linear layers see `[T, hidden]`; attention reads every
+* `PrefillStep` (basic ops) runs the new tokens of several sequences flattened to `[T]` (prompts,
+  prompt chunks after a prefix-cache hit). Linear layers see `[T, hidden]`; attention reads every
   context token of the batch from the cache (`[C]` keys, the new ones included, written first)
   and masks by (sequence id, position): no padding of prompts to a common length.
 * `DecodeStep` runs one token for each of `[B]` sequences; each reads its own context through its
   block table. With `attention_kernel: basic` the reads are one gather of
   `[kv_heads, B, max_blocks * block_size, head_dim]`, masked by context length; with `cpu_paged`
   a C++ kernel (kernels/paged_attention.cpp) writes the step's K/V rows and reads the cache in
-  place, each sequence only up to its own context length.
+  place, each sequence only up to its own context length. `PagedPrefillStep` runs prefill tokens
+  through the same kernel, each token as a query reading its sequence's cache up to itself.
 
 KV cache storage: per layer one flat Parameter `[num_blocks * 2 * kv_heads * block_size, head_dim]`,
 block-major: a block holds the K rows of every KV head, then their V rows, each head's rows
@@ -227,6 +228,30 @@ class PrefillStep(nn.Cell):
         bias = ops.tile(_mask_bias(mask), (group, 1))  # rows ordered (group, T) like the queries
         for layer in self.model.layers:
             x = layer.prefill(x, cos, sin, slots, k_index, bias)
+        return self.model.head(ops.gather(x, out_index, 0))
+
+
+class PagedPrefillStep(nn.Cell):
+    """Prefill with the paged kernel: every new token is a query of its own that writes its K/V
+    at its position and attends through its sequence's block table up to that position, so a
+    prompt sees only itself (no [T, C] mask over the whole packed step). Tokens of any mix of
+    sequences and positions may share a step.
+
+    Inputs: tokens/positions [T]; block_tables [T, M] the block table of each token's sequence
+    (padding: zeros, the trash block); out_index [S] rows whose logits are wanted."""
+
+    def __init__(self, model: LlamaModel):
+        super().__init__()
+        if model.rt.attention_kernel != KERNEL_NAME:
+            raise ValueError(f"PagedPrefillStep needs a model built with attention_kernel '{KERNEL_NAME}', "
+                             f"this one has '{model.rt.attention_kernel}'")
+        self.model = model
+
+    def construct(self, tokens, positions, block_tables, out_index):
+        x, cos, sin = self.model.embed(tokens, positions)
+        context_lens = positions + 1
+        for layer in self.model.layers:
+            x = layer.decode(x, cos, sin, None, block_tables, None, context_lens, None, True)
         return self.model.head(ops.gather(x, out_index, 0))
 
 

@@ -104,7 +104,7 @@ class ModelRunner:
                  ladder: Ladder):
         import mindspore as ms
 
-        from .model import DecodeStep, LlamaModel, PrefillStep
+        from .model import DecodeStep, LlamaModel, PagedPrefillStep, PrefillStep
 
         rt = resolve_attention_kernel(rt)  # before the cache key: it names the graphs really built
         ms.set_device(rt.device_target, rt.device_id)
@@ -119,6 +119,8 @@ class ModelRunner:
         self.model = LlamaModel(cfg, rt, weights)
         self.prefill_step = PrefillStep(self.model)
         self.decode_step = DecodeStep(self.model)
+        # with the kernel, prefill runs through it too (None: the masked basic-op prefill)
+        self.paged_prefill = PagedPrefillStep(self.model) if self.decode_step.use_kernel else None
 
     # ---- input building -------------------------------------------------------------------
     def _positions(self, s: StepInput) -> np.ndarray:
@@ -143,6 +145,17 @@ class ModelRunner:
         if shape is None:
             raise ShapeError(f"prefill of {n} tokens, {c} context keys, {len(out_index)} rows fits no bucket")
         t_pad, c_pad, rows = shape
+        if self.paged_prefill is not None:
+            m = self.ladder.decode_blocks[-1]
+            if -(-int(s.context_lens.max()) // self.rt.block_size) > m:
+                raise ShapeError(f"prefill of a sequence of {int(s.context_lens.max())} tokens needs more than "
+                                 f"the largest decode bucket's {m} blocks")
+            tables = np.zeros((t_pad, m), np.int32)
+            w = min(m, s.block_tables.shape[1])
+            tables[:n, :w] = s.block_tables[seq_of_token, :w]
+            args = (_pad(s.token_ids, t_pad, 0), _pad(positions, t_pad, 0), tables,
+                    _pad(out_index.astype(np.int32), rows, 0))
+            return self.paged_prefill(*map(self._tensor, args))
         k_seq = np.repeat(np.arange(n_seq, dtype=np.int32), s.context_lens)
         k_pos = (np.arange(c, dtype=np.int32)
                  - np.repeat(np.cumsum(s.context_lens) - s.context_lens, s.context_lens)).astype(np.int32)
@@ -201,15 +214,19 @@ class ModelRunner:
         for i, (kind, shape) in enumerate(shapes):
             if progress:
                 progress(i, len(shapes), f"{kind} {shape}")
-            if kind == "prefill":
+            z = np.zeros
+            if kind == "prefill" and self.paged_prefill is not None:
+                t, _, rows = shape  # the context bucket does not shape this graph: compiled once per (T, S)
+                args = (z(t, np.int32), z(t, np.int32), z((t, self.ladder.decode_blocks[-1]), np.int32),
+                        z(rows, np.int32))
+                out = self.paged_prefill(*map(self._tensor, args))
+            elif kind == "prefill":
                 t, c, rows = shape
-                z = np.zeros
                 args = (z(t, np.int32), z(t, np.int32), z(t, np.int32), np.full(t, -1, np.int32),
                         z(c, np.int32), np.full(c, -2, np.int32), z(c, np.int32), z(rows, np.int32))
                 out = self.prefill_step(*map(self._tensor, args))
             else:
                 b, m = shape
-                z = np.zeros
                 args = (z(b, np.int32), z(b, np.int32), z(b, np.int32), z((b, m), np.int32),
                         np.ones(b, np.int32))
                 out = self.decode_step(*map(self._tensor, args))
