@@ -27,6 +27,14 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 START_PY = os.path.join(ROOT, "llm-serving", "examples", "start.py")
 
+
+def pytest_configure(config):
+    # MindSpore fixes the device at its first kernel launch, and a later set_device (ModelRunner's)
+    # then raises: set it before any test runs a kernel (test_checkpoint casts tensors early).
+    import mindspore
+
+    mindspore.set_device("CPU")
+
 TINY_MODEL = dict(seq_length=256, hidden_size=64, num_layers=2, num_heads=4, n_kv_heads=2,
                   intermediate_size=176, vocab_size=32000, block_size=16)
 

@@ -99,6 +99,8 @@ class RuntimeConfig:
     block_size: int = 16
     num_blocks: int = 512                   # KV blocks per layer, block 0 reserved as trash
     attention_kernel: str = "auto"          # decode attention, see ATTENTION_KERNELS
+    small_matmul_rows: int = -1             # decode graphs of <= this many rows use the C++ small-batch
+                                            # matmul (kernels/small_matmul.cpp); 0 = off; -1 = auto
     checkpoint: str = ""                    # mindformers .ckpt file or HF folder; "" = none
     tokenizer: str = ""                     # sentencepiece tokenizer.model
     compile_cache: str = ""                 # folder for MindSpore's persistent graph cache; "" = off
@@ -114,6 +116,10 @@ class RuntimeConfig:
         if self.attention_kernel == "auto":
             # measured: experiments/2026-11-22-paged-attention-kernel
             object.__setattr__(self, "attention_kernel", "cpu_paged" if self.device_target == "CPU" else "basic")
+        if self.small_matmul_rows == -1:
+            # measured: experiments/2026-12-01-decode-kernels (decode step 15-25 % faster at 1-8 rows, slower at 16)
+            object.__setattr__(self, "small_matmul_rows", 8 if self.device_target == "CPU" else 0)
+        _require("small_matmul_rows", self.small_matmul_rows >= 0, "must be >= 0 (0 = off) or -1 (auto)")
         if self.device_target == "CPU":
             _require("compute_dtype", self.compute_dtype == "float32",
                      "must be float32 on CPU (fp16 matmul is slower there, bf16 unsupported)")
@@ -121,6 +127,7 @@ class RuntimeConfig:
                      "must be basic or cpu_paged on CPU (the fused kernels are Ascend-only)")
         else:
             _require("attention_kernel", self.attention_kernel != "cpu_paged", "cpu_paged is a CPU kernel")
+            _require("small_matmul_rows", self.small_matmul_rows == 0, "must be 0 on Ascend (a CPU kernel)")
 
 
 @dataclass(frozen=True)
@@ -155,7 +162,7 @@ _RENAMED_MODEL_KEYS = {  # mindformers / HF spellings -> LlamaConfig field
     "max_position_embeddings": "seq_length", "rope_theta": "rope_theta",
 }
 _RUNTIME_MODEL_KEYS = {"compute_dtype", "block_size", "num_blocks", "checkpoint_name_or_path",
-                       "attention_kernel"}
+                       "attention_kernel", "small_matmul_rows"}
 _IGNORED_TOP_KEYS = {"seed", "run_mode", "use_parallel", "output_dir", "trainer", "parallel",
                      "moe_config", "auto_trans_ckpt", "src_strategy_path_or_dir", "load_ckpt_format",
                      "infer_precision_sync", "parallel_config", "micro_batch_interleave_num",

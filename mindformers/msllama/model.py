@@ -17,7 +17,7 @@ KV cache storage: per layer one flat Parameter `[num_blocks * 2 * kv_heads * blo
 block-major: a block holds the K rows of every KV head, then their V rows, each head's rows
 contiguous, so row(slot, kind, h) = ((block * 2 + kind) * kv_heads + h) * block_size + offset with
 `slot = block * block_size + offset`. A block is one contiguous read (the kernel reads random 4 KB
-pieces at a third of the speed of 32-64 KB ones, experiments/2026-12-01-kv-layout). Writes use
+pieces at a third of the speed of 32-64 KB ones, experiments/2026-12-01-decode-kernels). Writes use
 `scatter_update` on the Parameter itself (in place, ../shared/FINDINGS.md); reads are `gather`s.
 Block 0 is a trash block: padded tokens write there and padded block-table entries point there,
 so every index is valid.
@@ -32,7 +32,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .config import ConfigError, LlamaConfig, RuntimeConfig
-from .kernels.paged_attention import KERNEL_NAME, decode_attention_op, resolve_attention_kernel
+from .kernels import decode_attention_op, pack_panels, resolve_kernels, small_matmul_op
+from .kernels.paged_attention import KERNEL_NAME
 from .weights import EMBEDDING, FINAL_NORM, layer_names, lm_head
 
 _NEG = -1e30  # masked scores: exp underflows to exactly 0 in fp32
@@ -52,6 +53,26 @@ def _param(value: np.ndarray, name: str, dtype: ms.dtype) -> Parameter:
 
 def _t(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.T)
+
+
+class Linear(nn.Cell):
+    """y = x @ w with w given [in, out] (MindSpore's CPU MatMul reads that layout 1.5-2.5x faster
+    at 16-64 rows than the checkpoints' [out, in] with transpose_b). Graphs of at most
+    `small_rows` rows (a static shape) run the small-batch C++ kernel on a panel-packed copy
+    instead: MatMul reads weights at 6-9 GB/s there, the kernel at 16-22."""
+
+    def __init__(self, w: np.ndarray, name: str, dtype: ms.dtype, small_rows: int):
+        super().__init__()
+        self.weight = _param(w, name, dtype)
+        self.small_rows = small_rows
+        self.panels = _param(pack_panels(w), name + ".panels", dtype) if small_rows else None
+        self.small = small_matmul_op(w.shape[1]) if small_rows else None
+        self.matmul = ops.MatMul()
+
+    def construct(self, x):
+        if self.small_rows and x.shape[0] <= self.small_rows:
+            return self.small(x, self.panels)
+        return self.matmul(x, self.weight)
 
 
 def _mask_bias(mask):
@@ -88,17 +109,15 @@ class DecoderLayer(nn.Cell):
         p = f"model.layers.{i}."
         self.attention_norm = RMSNorm(w[n["attention_norm"]], cfg.rms_norm_eps, p + "attention_norm.weight")
         self.ffn_norm = RMSNorm(w[n["ffn_norm"]], cfg.rms_norm_eps, p + "ffn_norm.weight")
-        # stored [in, out]: MindSpore's CPU MatMul reads them 1.5-2.5x faster at 16-64 rows than the
-        # checkpoints' [out, in] with transpose_b (experiments/2026-11-22-serving-peers/ANALYSIS.md)
-        self.wqkv = _param(_t(np.concatenate([w[n["wq"]], w[n["wk"]], w[n["wv"]]])), p + "wqkv", dtype)
-        self.wo = _param(_t(w[n["wo"]]), p + "wo", dtype)
-        self.w13 = _param(_t(np.concatenate([w[n["w1"]], w[n["w3"]]])), p + "w13", dtype)
-        self.w2 = _param(_t(w[n["w2"]]), p + "w2", dtype)
+        small = rt.small_matmul_rows
+        self.wqkv = Linear(_t(np.concatenate([w[n["wq"]], w[n["wk"]], w[n["wv"]]])), p + "wqkv", dtype, small)
+        self.wo = Linear(_t(w[n["wo"]]), p + "wo", dtype, small)
+        self.w13 = Linear(_t(np.concatenate([w[n["w1"]], w[n["w3"]]])), p + "w13", dtype, small)
+        self.w2 = Linear(_t(w[n["w2"]]), p + "w2", dtype, small)
         block_rows = 2 * cfg.kv_heads * rt.block_size
         self.kv_cache = _param(np.zeros((rt.num_blocks * block_rows, cfg.head_dim), np.float32), p + "kv_cache", dtype)
         self.block_rows = block_rows
         self.value_rows = cfg.kv_heads * rt.block_size  # a V row sits this far after its K row
-        self.matmul = ops.MatMul()
         self.bmm_t = ops.BatchMatMul(transpose_b=True)
         self.bmm = ops.BatchMatMul()
         self.head_offsets = Tensor(np.arange(cfg.kv_heads, dtype=np.int32) * rt.block_size)
@@ -113,7 +132,7 @@ class DecoderLayer(nn.Cell):
     def _qkv(self, x, cos, sin):
         """Projected, rotated q [N, heads, D] and k, v [N, kv_heads, D]."""
         n = x.shape[0]
-        qkv = self.matmul(self.attention_norm(x), self.wqkv)
+        qkv = self.wqkv(self.attention_norm(x))
         q = qkv[:, :self.q_size].reshape(n, self.heads, self.head_dim)
         k = qkv[:, self.q_size:self.q_size + self.kv_size].reshape(n, self.kv_heads, self.head_dim)
         v = qkv[:, self.q_size + self.kv_size:].reshape(n, self.kv_heads, self.head_dim)
@@ -132,10 +151,10 @@ class DecoderLayer(nn.Cell):
 
     def _finish(self, x, attn):
         """Output projection, residual, SwiGLU MLP, residual."""
-        x = x + self.matmul(attn, self.wo)
-        gate_up = self.matmul(self.ffn_norm(x), self.w13)
+        x = x + self.wo(attn)
+        gate_up = self.w13(self.ffn_norm(x))
         act = ops.silu(gate_up[:, :self.ffn]) * gate_up[:, self.ffn:]
-        return x + self.matmul(act, self.w2)
+        return x + self.w2(act)
 
     def _softmax_v(self, scores, bias, v):
         probs = ops.softmax(ops.cast(scores, ms.float32) + bias, -1)
@@ -186,16 +205,15 @@ class LlamaModel(nn.Cell):
             # accepted by the config so Ascend YAMLs parse anywhere; never silently replaced
             raise ConfigError("config key 'attention_kernel': 'ascend' (fused ReshapeAndCache/PagedAttention) is "
                               "not implemented yet; use 'basic', which runs the same basic ops on Ascend")
-        rt = resolve_attention_kernel(rt)
+        rt = resolve_kernels(rt)
         self.cfg, self.rt = cfg, rt
         self.embedding = _param(weights[EMBEDDING], EMBEDDING, dtype)
         self.layers = nn.CellList([DecoderLayer(cfg, rt, weights, i, dtype) for i in range(cfg.num_layers)])
         self.norm_out = RMSNorm(weights[FINAL_NORM], cfg.rms_norm_eps, FINAL_NORM)
-        self.lm_head = _param(lm_head(weights, cfg), "lm_head.weight", dtype)
+        self.lm_head = Linear(_t(lm_head(weights, cfg)), "lm_head.weight", dtype, rt.small_matmul_rows)
         cos, sin = rope_tables(cfg)
         self.cos = _param(cos.astype(np.float32), "rope_cos", dtype)
         self.sin = _param(sin.astype(np.float32), "rope_sin", dtype)
-        self.matmul_t = ops.MatMul(transpose_b=True)
 
     def embed(self, tokens, positions):
         x = ops.gather(self.embedding, tokens, 0)
@@ -205,7 +223,7 @@ class LlamaModel(nn.Cell):
 
     def head(self, hidden):
         """Logits [S, vocab] (fp32) and their argmax / max per row."""
-        logits = ops.cast(self.matmul_t(self.norm_out(hidden), self.lm_head), ms.float32)
+        logits = ops.cast(self.lm_head(self.norm_out(hidden)), ms.float32)
         best, ids = ops.max(logits, 1)
         return logits, ids.astype(ms.int32), best
 

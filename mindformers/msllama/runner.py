@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .config import LlamaConfig, PredictConfig, RuntimeConfig
-from .kernels import graph_fingerprint, resolve_attention_kernel
+from .kernels import graph_fingerprint, resolve_kernels
 from .sampling import SamplingBatch, sample
 
 
@@ -106,7 +106,7 @@ class ModelRunner:
 
         from .model import DecodeStep, LlamaModel, PagedPrefillStep, PrefillStep
 
-        rt = resolve_attention_kernel(rt)  # before the cache key: it names the graphs really built
+        rt = resolve_kernels(rt)  # before the cache key: it names the graphs really built
         ms.set_device(rt.device_target, rt.device_id)
         ms.set_context(mode=rt.mode)
         if rt.compile_cache:

@@ -31,3 +31,18 @@ def contest_file():
             pytest.skip(f"{p} is absent")
         return p
     return path
+
+
+@pytest.fixture(scope="module")
+def kernels_built():
+    """GRAPH_MODE on CPU with both C++ kernel libraries built; skips where they cannot be."""
+    import mindspore as ms
+
+    from msllama.kernels import KernelUnavailable, paged_attention, small_matmul
+
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        paged_attention.library()
+        small_matmul.library()
+    except KernelUnavailable as e:
+        pytest.skip(f"the kernels cannot be built here: {e}")

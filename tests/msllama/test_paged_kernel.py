@@ -1,7 +1,7 @@
 """The cpu_paged decode-attention kernel: against float64 numpy inside a GRAPH_MODE graph (the
-kernel writes the step's rows into the cache Parameter in place), its contract at the edges, bad input, the library cache, the fallback
-when no compiler exists, the config switch, and the whole model with the kernel against the
-basic-op attention (test_model.py's reference and batch-invariance tests re-run with basic ops)."""
+kernel writes the step's rows into the cache Parameter in place), its contract at the edges, bad
+input, the library cache, the fallback of both kernels when no compiler exists, the config
+switch, and the whole model with the kernel against the basic-op attention (test_model.py's reference and batch-invariance tests re-run with basic ops)."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,15 +10,13 @@ import subprocess
 import sys
 import textwrap
 
-import mindspore as ms
 import numpy as np
 import pytest
-from mindspore import Parameter, Tensor, nn, ops
+from mindspore import Parameter, Tensor, nn
 
 from msllama.config import ConfigError, LlamaConfig, RuntimeConfig
-from msllama.kernels import KernelUnavailable
 from msllama.kernels.build import build_library
-from msllama.kernels.paged_attention import SOURCE, decode_attention_op, library
+from msllama.kernels.paged_attention import SOURCE, decode_attention_op
 from msllama.model import DecodeStep, LlamaModel
 from msllama.runner import Ladder, ModelRunner, StepInput
 from msllama.sampling import SamplingBatch
@@ -34,14 +32,7 @@ NUM_BLOCKS = 40  # block 0 is the trash block
 HEAD_DIM = 32
 
 
-@pytest.fixture(scope="module", autouse=True)
-def graph_mode():
-    ms.set_device("CPU")
-    ms.set_context(mode=ms.GRAPH_MODE)
-    try:
-        library()
-    except KernelUnavailable as e:
-        pytest.skip(f"the kernel cannot be built here: {e}")
+pytestmark = pytest.mark.usefixtures("kernels_built")
 
 
 class Attend(nn.Cell):
@@ -173,7 +164,7 @@ def test_library_is_cached_by_source_and_rebuilt_when_it_changes(tmp_path):
     assert len(list(tmp_path.glob("*.so"))) == 2
 
 
-def test_without_a_compiler_the_model_falls_back_to_basic(tmp_path):
+def test_without_a_compiler_the_model_falls_back_to_basic_ops(tmp_path):
     probe = textwrap.dedent("""
         import warnings
         from msllama.config import LlamaConfig, RuntimeConfig
@@ -183,16 +174,19 @@ def test_without_a_compiler_the_model_falls_back_to_basic(tmp_path):
                           seq_length=32)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = LlamaModel(cfg, RuntimeConfig(num_blocks=4, attention_kernel="cpu_paged"), random_weights(cfg))
-        print(model.rt.attention_kernel, model.layers[0].paged_kernel)
-        print([str(w.message) for w in caught if "attention_kernel" in str(w.message)])
+            rt = RuntimeConfig(num_blocks=4, attention_kernel="cpu_paged", small_matmul_rows=8)
+            model = LlamaModel(cfg, rt, random_weights(cfg))
+        print(model.rt.attention_kernel, model.layers[0].paged_kernel, model.rt.small_matmul_rows, model.lm_head.small)
+        for key in ("attention_kernel", "small_matmul_rows"):
+            print([str(w.message) for w in caught if f"'{key}'" in str(w.message)])
     """)
     env = {**os.environ, "CXX": "no-such-compiler", "MSLLAMA_KERNEL_CACHE": str(tmp_path / "empty")}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
                          check=True).stdout.splitlines()
-    assert out[0] == "basic None"
+    assert out[0] == "basic None 0 None"
     assert "'cpu_paged' is unavailable, using 'basic'" in out[1]
     assert "C++ compiler 'no-such-compiler' not found on PATH" in out[1]
+    assert "'small_matmul_rows': the kernel is unavailable, using 0 (MatMul)" in out[2]
 
 
 # ---- the whole model: kernel graphs against basic-op graphs on the same weights and cache ----

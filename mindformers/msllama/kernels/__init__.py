@@ -1,7 +1,33 @@
 """Custom CPU kernels (C++ compiled at first use, run as MindSpore `aot` Custom ops)."""
 from __future__ import annotations
 
-from .build import KernelUnavailable
-from .paged_attention import decode_attention_op, graph_fingerprint, resolve_attention_kernel
+import hashlib
+from pathlib import Path
 
-__all__ = ["KernelUnavailable", "decode_attention_op", "graph_fingerprint", "resolve_attention_kernel"]
+from ..config import RuntimeConfig
+from . import paged_attention, small_matmul
+from .build import KernelUnavailable
+from .paged_attention import decode_attention_op, resolve_attention_kernel
+from .small_matmul import pack_panels, resolve_small_matmul, small_matmul_op
+
+__all__ = ["KernelUnavailable", "decode_attention_op", "graph_fingerprint", "pack_panels", "resolve_kernels",
+           "small_matmul_op"]
+
+
+def resolve_kernels(rt: RuntimeConfig) -> RuntimeConfig:
+    """`rt` with each kernel it asks for that cannot be built here replaced (with a warning)."""
+    return resolve_small_matmul(resolve_attention_kernel(rt))
+
+
+def graph_fingerprint(rt: RuntimeConfig) -> str:
+    """What the graphs of `rt` depend on beyond model.py: the names of the kernel libraries they
+    call (each hashes source, flags, compiler and CPU) and the wrapper code; "" when they call
+    none. Part of the graph compile-cache key, so a cached graph never calls a stale library."""
+    names = ([paged_attention.library().path.name] if rt.attention_kernel == paged_attention.KERNEL_NAME else []) + \
+        ([small_matmul.library().path.name] if rt.small_matmul_rows else [])
+    if not names:
+        return ""
+    h = hashlib.sha256(" ".join(names).encode())
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]

@@ -7,6 +7,7 @@ temporary file and rename it into place, so a reader never sees a half-written l
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import hashlib
 import os
@@ -99,3 +100,27 @@ def build_library(source: Path, cache_dir: Path | None = None) -> Library:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return Library(target, time.perf_counter() - start)
+
+
+@functools.lru_cache(maxsize=None)
+def _loaded(source: Path, functions: tuple[str, ...]) -> Library | KernelUnavailable:
+    # A failure is remembered too: every layer asks, and a failing compile should run once.
+    try:
+        lib = build_library(source)
+        handle = ctypes.CDLL(str(lib.path))
+        for name in functions:
+            getattr(handle, name)  # fails here, not inside a graph launch
+        return lib
+    except KernelUnavailable as e:
+        return e
+    except (OSError, AttributeError) as e:
+        return KernelUnavailable(f"cannot load {', '.join(functions)} from the library built from {source.name}: {e}")
+
+
+def loaded_library(source: Path, functions: tuple[str, ...]) -> Library:
+    """The library of `source`, built on first use and checked to export `functions`; raises
+    KernelUnavailable with the reason (the same one on every call of this process)."""
+    result = _loaded(source, functions)
+    if isinstance(result, KernelUnavailable):
+        raise result
+    return result

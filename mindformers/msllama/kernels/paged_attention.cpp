@@ -6,7 +6,7 @@
 //   row(block, kind, h, offset) = ((block * 2 + kind) * KVH + h) * BS + offset,  kind 0 = K, 1 = V
 // so a block is one contiguous 2 * KVH * BS * D floats (64 KB on the bench model). Reading whole
 // blocks matters more than any arithmetic here: on this machine one thread reads random 4 KB
-// chunks at ~6 GB/s and 32-128 KB chunks at 15-19 GB/s (experiments/2026-12-01-kv-layout).
+// chunks at ~6 GB/s and 32-128 KB chunks at 15-19 GB/s (experiments/2026-12-01-decode-kernels).
 //
 // For every sequence b: first its new token's rows are stored at position p = context_lens[b] - 1
 // (block block_tables[b, p / BS], offset p % BS), then for each query head (kvh, g)

@@ -13,15 +13,12 @@ which MindSpore raises as a RuntimeError.
 """
 from __future__ import annotations
 
-import ctypes
 import dataclasses
-import functools
-import hashlib
 import warnings
 from pathlib import Path
 
 from ..config import RuntimeConfig
-from .build import KernelUnavailable, Library, build_library
+from .build import KernelUnavailable, Library, loaded_library
 
 SOURCE = Path(__file__).with_name("paged_attention.cpp")
 FUNCTION = "PagedDecodeAttentionBS{}"
@@ -29,27 +26,9 @@ BLOCK_SIZES = (8, 16, 32, 64, 128)  # the entry points the library exports, one 
 KERNEL_NAME = "cpu_paged"  # the RuntimeConfig.attention_kernel value that selects this kernel
 
 
-@functools.lru_cache(maxsize=1)
-def _library_or_error() -> Library | KernelUnavailable:
-    # A failure is remembered too: every layer asks, and a failing compile should run once.
-    try:
-        lib = build_library(SOURCE)
-        handle = ctypes.CDLL(str(lib.path))
-        for bs in BLOCK_SIZES:
-            getattr(handle, FUNCTION.format(bs))  # fails here, not inside a graph launch
-        return lib
-    except KernelUnavailable as e:
-        return e
-    except (OSError, AttributeError) as e:
-        return KernelUnavailable(f"cannot load {FUNCTION} from the built library: {e}")
-
-
 def library() -> Library:
     """The kernel library, built on first use; raises KernelUnavailable with the reason."""
-    result = _library_or_error()
-    if isinstance(result, KernelUnavailable):
-        raise result
-    return result
+    return loaded_library(SOURCE, tuple(FUNCTION.format(bs) for bs in BLOCK_SIZES))
 
 
 def resolve_attention_kernel(rt: RuntimeConfig) -> RuntimeConfig:
@@ -66,18 +45,6 @@ def resolve_attention_kernel(rt: RuntimeConfig) -> RuntimeConfig:
                       f"instead: {e}", RuntimeWarning, stacklevel=2)
         return dataclasses.replace(rt, attention_kernel="basic")
     return rt
-
-
-def graph_fingerprint(rt: RuntimeConfig) -> str:
-    """What the decode graphs of `rt` depend on beyond model.py: for this kernel the library's
-    name (it hashes source, flags, compiler and CPU) and the wrapper code; "" otherwise. Part of
-    the graph compile-cache key, so a cached graph never calls a stale or missing library."""
-    if rt.attention_kernel != KERNEL_NAME:
-        return ""
-    h = hashlib.sha256(library().path.name.encode())
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _check(name: str, ok: bool, rule: str) -> None:

@@ -1,0 +1,65 @@
+"""The small-batch matmul CPU kernel as a MindSpore primitive (`ops.Custom`, func_type "aot").
+
+`small_matmul_op(n)(x, panels)` with x [M, K] float32 and a weight packed by `pack_panels(w)`
+([K, N] -> [ceil(N / 32), K, 32]) returns x @ w [M, N]. Decode graphs of at most
+`RuntimeConfig.small_matmul_rows` rows use it for every linear layer and the LM head; larger
+graphs keep MindSpore's MatMul, which reaches peak FLOP/s there.
+"""
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..config import RuntimeConfig
+from .build import KernelUnavailable, Library, loaded_library
+
+SOURCE = Path(__file__).with_name("small_matmul.cpp")
+FUNCTION = "SmallMatMul"
+PANEL = 32
+
+
+def library() -> Library:
+    """The kernel library, built on first use; raises KernelUnavailable with the reason."""
+    return loaded_library(SOURCE, (FUNCTION,))
+
+
+def resolve_small_matmul(rt: RuntimeConfig) -> RuntimeConfig:
+    """`rt` itself, or, when it asks for this kernel and the kernel cannot be built here, `rt`
+    with `small_matmul_rows: 0` (MindSpore's MatMul everywhere) and a warning saying why."""
+    if rt.small_matmul_rows == 0:
+        return rt
+    try:
+        library()
+    except KernelUnavailable as e:
+        warnings.warn(f"config key 'small_matmul_rows': the kernel is unavailable, using 0 (MatMul) instead: {e}",
+                      RuntimeWarning, stacklevel=2)
+        return dataclasses.replace(rt, small_matmul_rows=0)
+    return rt
+
+
+def pack_panels(w: np.ndarray) -> np.ndarray:
+    """[K, N] -> [ceil(N / 32), K, 32]: column panels of 32, zero-padded past N."""
+    k, n = w.shape
+    p = -(-n // PANEL)
+    padded = np.zeros((k, p * PANEL), np.float32)
+    padded[:, :n] = w
+    return np.ascontiguousarray(padded.reshape(k, p, PANEL).transpose(1, 0, 2))
+
+
+def small_matmul_op(n: int):
+    """A new primitive computing x @ w with an output of `n` columns (w packed by pack_panels)."""
+    from mindspore import ops
+
+    def infer_shape(x, panels):
+        if len(x) != 2 or len(panels) != 3 or panels[1] != x[1] or panels[2] != PANEL or -(-n // PANEL) != panels[0]:
+            raise ValueError(f"small matmul: x must be [M, K] and the weight [ceil({n} / {PANEL}), K, {PANEL}], "
+                             f"got {list(x)} and {list(panels)}")
+        return [x[0], n]
+
+    def infer_dtype(x, panels):
+        return x
+
+    return ops.Custom(f"{library().path}:{FUNCTION}", out_shape=infer_shape, out_dtype=infer_dtype, func_type="aot")
