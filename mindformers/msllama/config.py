@@ -100,7 +100,8 @@ class RuntimeConfig:
     num_blocks: int = 512                   # KV blocks per layer, block 0 reserved as trash
     attention_kernel: str = "auto"          # decode attention, see ATTENTION_KERNELS
     small_matmul_rows: int = -1             # decode graphs of <= this many rows use the C++ small-batch
-                                            # matmul (kernels/small_matmul.cpp); 0 = off; -1 = auto
+                                            # matmul (kernels/small_matmul.cpp; a second, packed copy of
+                                            # the linear weights); 0 = off; -1 = auto
     checkpoint: str = ""                    # mindformers .ckpt file or HF folder; "" = none
     tokenizer: str = ""                     # sentencepiece tokenizer.model
     compile_cache: str = ""                 # folder for MindSpore's persistent graph cache; "" = off

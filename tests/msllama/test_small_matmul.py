@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn
 
-from msllama.config import ConfigError, RuntimeConfig
+from msllama.config import ConfigError, RuntimeConfig, parse_predict_config
 from msllama.kernels import pack_panels, small_matmul_op
 
 
@@ -60,3 +60,7 @@ def test_config_switch():
         RuntimeConfig(small_matmul_rows=-2)
     with pytest.raises(ConfigError, match="'small_matmul_rows': must be 0 on Ascend"):
         RuntimeConfig(device_target="Ascend", compute_dtype="float16", small_matmul_rows=8)
+    # the predict YAML's model_config key
+    assert parse_predict_config({"model": {"model_config": {"small_matmul_rows": 0}}}).runtime.small_matmul_rows == 0
+    with pytest.raises(ConfigError, match="'small_matmul_rows': expected int, got 'many'"):
+        parse_predict_config({"model": {"model_config": {"small_matmul_rows": "many"}}})
