@@ -3,6 +3,7 @@
     .venv/bin/python experiments/2026-12-01-decode-kernels/step_ab.py --label new --json new-1.json
     PYTHONPATH=/tmp/old/mindformers .venv/bin/python experiments/2026-12-01-decode-kernels/step_ab.py \
         --label old --json old-1.json        # a worktree of the previous commit (PYTHONPATH wins over .pth)
+    .venv/bin/python experiments/2026-12-01-decode-kernels/step_ab.py --plot plot.png old-*.json new-*.json
 
 The runner is built with the bench predict config (its runtime defaults: cpu_paged attention and,
 in trees that have it, small_matmul_rows auto) and a 4096-block cache. Decode: B sequences with
@@ -56,13 +57,50 @@ def tables(lens: np.ndarray, rng: np.random.Generator, spare: int) -> np.ndarray
     return out
 
 
+def plot(paths: list[str], out: str) -> None:
+    """Bars of each label's step medians (every run of a label as a dot), before/after side by side."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs: dict[str, list[dict]] = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            r = json.load(f)
+        runs.setdefault(r["label"], []).append(r)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5), gridspec_kw={"width_ratios": [2, 1]})
+    for ax, kind, title in ((axes[0], "decode", "decode step, ctx ~150 (ms)"), (axes[1], "prefill", "1024-token prefill step (ms)")):
+        keys = list(next(iter(runs.values()))[0][kind])
+        width = 0.8 / len(runs)
+        for i, (label, rs) in enumerate(runs.items()):
+            xs = np.arange(len(keys)) + (i - (len(runs) - 1) / 2) * width
+            medians = np.array([[r[kind][k]["median_ms"] for k in keys] for r in rs])
+            ax.bar(xs, medians.mean(0), width, label=label)
+            for row in medians:
+                ax.plot(xs, row, "k.", markersize=4)
+        ax.set_xticks(np.arange(len(keys)), [f"B={k}" if kind == "decode" else k for k in keys], fontsize=8)
+        ax.set_yscale("log" if kind == "decode" else "linear")
+        ax.set_title(title)
+        ax.legend()
+    fig.suptitle("ModelRunner.step on the bench model: mean of the runs' medians (dots: each run)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--label", required=True)
+    p.add_argument("--plot", nargs="+", metavar=("OUT.png", "RUN.json"),
+                   help="draw OUT.png from result files instead of measuring")
+    p.add_argument("--label", help="name of this tree in the results (required unless --plot)")
     p.add_argument("--batches", default="1,4,8,16,64,256")
     p.add_argument("--ctx", type=int, default=150)
-    p.add_argument("--json", required=True)
+    p.add_argument("--json", help="result file to write (required unless --plot)")
     args = p.parse_args()
+    if args.plot:
+        plot(args.plot[1:], args.plot[0])
+        return 0
+    if not args.label or not args.json:
+        p.error("--label and --json are required to measure")
     batches = tuple(int(b) for b in args.batches.split(","))
     pc = load_predict_config(PREDICT)
     rt = dataclasses.replace(pc.runtime, num_blocks=BLOCKS, block_size=BS, compile_cache="")
