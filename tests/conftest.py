@@ -46,6 +46,8 @@ LADDERS = {
                   prefill_tokens=[32, 64], prefill_context_factors=[1, 2]),             # 6 graphs
     "server": dict(max_generate_length=256, decode_batch_size=[1, 4, 16], zactivate_len=[128, 256],
                    prefill_tokens=[64, 128], prefill_context_factors=[1, 2]),           # 10 graphs
+    "mixed": dict(max_generate_length=128, decode_batch_size=[1, 4, 16], zactivate_len=[128],
+                  prefill_tokens=[32, 64], mixed_rows=24),                              # 7 graphs
 }
 
 

@@ -6,7 +6,8 @@
                     (max prompts in one prefill step), pad_token_id, ...
     serving_config: server_ip, server_port, agent_ports, start_device_id, plus queue / API options
     pa_config:      num_blocks, block_size, decode_seq_length
-    scheduler_config (this kit): prefill token ladder, prefix caching, the baseline policy
+    scheduler_config (this kit): prefill token ladder, prefix caching, mixed prefill + decode steps
+                    (mixed_rows, with the cpu_paged kernel), the baseline policy
     tokenizer:      vocab_file
 
 Keys the contest kit read but that mean nothing here (exported-graph paths, GE options, waiting
@@ -23,6 +24,8 @@ from typing import Any
 import yaml
 
 from msllama.config import ConfigError, PredictConfig, load_predict_config
+from msllama.kernels import resolve_kernels
+from msllama.kernels.paged_attention import KERNEL_NAME
 from msllama.runner import Ladder
 
 
@@ -185,6 +188,8 @@ def parse_serving_config(data: dict, base_dir: str = ".", source: str = "") -> S
             ladder["prefill_context_factors"] = _int_list(full, value)
         elif key == "prefill_rows_per_token":
             ladder[key] = _typed(full, value, float, positive=True)
+        elif key == "mixed_rows":
+            ladder[key] = _typed(full, value, int)
         elif key == "enable_prefix_caching":
             kw[key] = _typed(full, value, bool)
         elif key == "compile_cache":
@@ -225,6 +230,12 @@ def parse_serving_config(data: dict, base_dir: str = ".", source: str = "") -> S
         if bad:
             raise ConfigError(f"config key '{full}': every length must be a multiple of block_size {bs}, got {bad}")
         ladder["decode_blocks"] = tuple(n // bs for n in lens)
+    # the agent builds the same kernels on this machine (or falls back the same way)
+    ladder["paged_prefill"] = resolve_kernels(predict.runtime).attention_kernel == KERNEL_NAME
+    if ladder.get("mixed_rows", 0) and not ladder["paged_prefill"]:
+        raise ConfigError("config key 'scheduler_config.mixed_rows': needs the paged prefill "
+                          f"(attention_kernel '{KERNEL_NAME}'), this model has "
+                          f"'{resolve_kernels(predict.runtime).attention_kernel}'; set 0")
     try:
         lad = Ladder(**ladder)
     except ValueError as e:
@@ -241,10 +252,14 @@ def parse_serving_config(data: dict, base_dir: str = ".", source: str = "") -> S
     if lad.decode_blocks[-1] > predict.runtime.num_blocks - 1:
         raise ConfigError("config key 'pa_config.num_blocks': too few blocks for one sequence of "
                           f"max_generate_length ({lad.decode_blocks[-1]} + 1 trash block)")
-    if lad.max_prefill_tokens * lad.prefill_context_factors[-1] < max_len:
+    if not lad.paged_prefill and lad.max_prefill_tokens * lad.prefill_context_factors[-1] < max_len:
         raise ConfigError("config key 'scheduler_config.prefill_context_factors': the largest prefill step "
                           f"({lad.max_prefill_tokens} tokens x {lad.prefill_context_factors[-1]}) must hold "
                           f"max_generate_length {max_len} context keys")
+    if lad.mixed_rows and min(lad.mixed_rows, lad.max_prefill_tokens) <= lad.max_decode_batch:
+        raise ConfigError(f"config key 'scheduler_config.mixed_rows': {lad.mixed_rows} rows and the largest prefill "
+                          f"step ({lad.max_prefill_tokens} tokens) must both exceed the largest decode batch "
+                          f"{lad.max_decode_batch}, so that prompts can join a full decode batch")
     kw["max_decode_batch"] = lad.max_decode_batch
     kw.setdefault("max_prefill_seqs", 64)
     return ServingConfig(predict=predict, ladder=lad, source=source, **kw)

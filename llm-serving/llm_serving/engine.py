@@ -192,7 +192,7 @@ class AsyncEngine:
             pending = []
             if step is not None:
                 pending = self._collect(batch, events, phases)
-                self.metrics.on_step("prefill" if batch.is_prefill else "decode", len(step.token_ids), phases)
+                self.metrics.on_step(batch.kind, len(step.token_ids), phases)
             self._deliver(events)
             self._update_gauges()
 

@@ -57,8 +57,8 @@ class Metrics:
         self.prefix_queried = 0
         self.prefix_hits = 0
         self.waiting = self.running = self.kv_used = self.kv_total = 0
-        self.steps = {"prefill": 0, "decode": 0}       # engine steps by kind
-        self.step_tokens = {"prefill": 0, "decode": 0}
+        self.steps = {"prefill": 0, "decode": 0, "mixed": 0}       # engine steps by kind
+        self.step_tokens = {"prefill": 0, "decode": 0, "mixed": 0}
         self.phase_seconds: dict[tuple[str, str], float] = {}   # engine time by (kind, phase), see on_step
         self.ttft = Histogram(TTFT_BUCKETS)
         self.tpot = Histogram(TPOT_BUCKETS)
@@ -95,7 +95,8 @@ class Metrics:
             self.preemptions += 1
 
     def on_step(self, kind: str, tokens: int, phases: dict[str, float]) -> None:
-        """One engine step ("prefill"/"decode") of `tokens` new tokens and where its time went."""
+        """One engine step ("prefill"/"decode"/"mixed": prompts and the decode batch) of `tokens` new
+        tokens and where its time went."""
         with self._lock:
             self.steps[kind] += 1
             self.step_tokens[kind] += tokens

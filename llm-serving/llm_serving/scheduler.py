@@ -4,7 +4,9 @@ A step is either a prefill step (new tokens of several waiting prompts, packed u
 budget, chunked when one prompt alone exceeds it) or a decode step (one token for every running
 sequence). Prefill goes first so new requests join the running batch as soon as there is room,
 but never twice in a row while sequences wait to decode: a burst of arrivals would otherwise
-stall every running stream for the whole burst. A finished sequence leaves at once and frees its
+stall every running stream for the whole burst. With mixed steps (`Ladder.mixed_rows`, the paged
+prefill) every step carries the whole decode batch and fills the rest of its token budget with
+prompt tokens, so running streams never wait for a prefill. A finished sequence leaves at once and frees its
 blocks. When a decode step cannot get a block,
 the most recently admitted sequence is preempted (its blocks freed, recomputed later).
 """
@@ -34,6 +36,11 @@ class Scheduled:
 class Batch:
     is_prefill: bool
     items: list[Scheduled]
+    mixed: bool = False                 # a prefill step that also carries the decode batch
+
+    @property
+    def kind(self) -> str:
+        return "mixed" if self.mixed else "prefill" if self.is_prefill else "decode"
 
 
 @dataclass
@@ -82,6 +89,9 @@ class Scheduler:
 
     # ---- choosing a step -----------------------------------------------------------------------
     def schedule(self) -> Batch | None:
+        if self.ladder.mixed_rows:
+            decode = self._schedule_decode()
+            return self._schedule_prefill(decode.items if decode else []) or decode
         batch = None if self._prefilled_last else self._schedule_prefill()
         if batch is None:
             batch = self._schedule_decode()
@@ -97,10 +107,13 @@ class Scheduler:
         first = max(n, -(-start // n) * n)
         return [p for p in range(first, end, n) if p not in seq.saved_positions]
 
-    def _schedule_prefill(self) -> Batch | None:
+    def _schedule_prefill(self, carried: list[Scheduled] = ()) -> Batch | None:
+        """Prompt tokens up to the budget, after the `carried` decode items of a mixed step."""
         budget = self.ladder.max_prefill_tokens
         items: list[Scheduled] = []
-        tokens = context = rows = 0
+        tokens = len(carried)
+        context = sum(i.seq.num_computed + 1 for i in carried)
+        rows = sum(1 + len(i.logits_positions) for i in carried)
         # sequences part-way through a chunked prompt first, then new ones in arrival order
         candidates = [s for s in self.running if s.num_uncomputed > 1 or s.num_generated == 0]
         admitted = 0
@@ -109,13 +122,15 @@ class Scheduler:
             if new and (len(self.running) + admitted >= self.limits.max_running
                         or len(items) >= self.limits.max_prefill_seqs):
                 break
+            if tokens >= budget:
+                break
             if new and not seq.block_table:
                 self.blocks.match_prefix(seq)
             remaining = seq.num_uncomputed
             chunk = min(remaining, budget - tokens)
             if chunk < remaining and items:
                 self._undo_match(seq, new)
-                break                           # only a prompt alone in its step is chunked
+                break                           # only a prompt alone among its step's prompts is chunked
             sample = chunk == remaining
             positions = self._logits_positions(seq, seq.num_computed, seq.num_computed + chunk)
             shape = self.ladder.prefill_shape(tokens + chunk, context + seq.num_computed + chunk,
@@ -126,7 +141,7 @@ class Scheduler:
             need = self.blocks.blocks_needed(seq, seq.num_computed + chunk)
             if shape is None or self.blocks.num_free - need < reserve:
                 self._undo_match(seq, new)
-                if shape is None and not items and len(self.running) == int(not new):
+                if shape is None and not items and not carried and len(self.running) == int(not new):
                     self.remove(seq)            # alone in an idle engine and still no shape
                     self.rejected.append(seq)
                 break
@@ -146,7 +161,7 @@ class Scheduler:
                 self.waiting.remove(item.seq)
                 item.seq.status = Status.RUNNING
                 self.running.append(item.seq)
-        return Batch(True, items) if items else None
+        return Batch(True, list(carried) + items, mixed=bool(carried)) if items else None
 
     def _undo_match(self, seq: Sequence, new: bool) -> None:
         """A waiting sequence that did not fit gives back the cached blocks it matched."""

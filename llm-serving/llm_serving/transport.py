@@ -172,11 +172,13 @@ class StepLimits:
     def for_config(cls, config: ServingConfig) -> StepLimits:
         ladder = config.ladder
         max_tokens = max(ladder.max_prefill_tokens, ladder.max_decode_batch)
-        max_seqs = max(ladder.max_decode_batch, min(config.max_prefill_seqs, ladder.max_prefill_tokens))
+        # a mixed step carries the decode batch and up to max_prefill_seqs prompts
+        prefill_seqs = config.max_prefill_seqs + (ladder.max_decode_batch if ladder.mixed_rows else 0)
+        max_seqs = max(ladder.max_decode_batch, min(prefill_seqs, ladder.max_prefill_tokens))
         # A sequence never outgrows the model's seq_length; its block table never exceeds that.
         max_width = -(-config.predict.model.seq_length // config.block_size)
         return cls(max_tokens=max_tokens, max_seqs=max_seqs, max_width=max_width, max_sample=max_seqs,
-                   max_rows=max(ladder.max_decode_batch, ladder.prefill_rows(ladder.max_prefill_tokens)),
+                   max_rows=max(ladder.max_decode_batch, ladder.max_prefill_rows),
                    max_history=max_seqs * config.max_generate_length,
                    vocab=config.predict.model.vocab_size)
 

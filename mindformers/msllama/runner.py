@@ -28,6 +28,12 @@ class Ladder:
     prefill_context_factors: tuple[int, ...] = (1, 2, 4)     # context keys C = T * factor
     prefill_rows_per_token: float = 1 / 16                   # logits rows S = T * this (>= min)
     prefill_min_rows: int = 4
+    # Prefill graphs read each token's context through its block table (the cpu_paged kernel):
+    # the context-key bucket C does not apply, so a step may hold any contexts.
+    paged_prefill: bool = False
+    # > 0: prefill steps may also carry the decode batch (mixed steps, needs paged_prefill); each
+    # prefill bucket T then has a second graph with min(T, mixed_rows) logits rows.
+    mixed_rows: int = 0
 
     def __post_init__(self) -> None:
         for name in ("decode_batches", "decode_blocks", "prefill_tokens", "prefill_context_factors"):
@@ -36,6 +42,9 @@ class Ladder:
                 raise ValueError(f"ladder '{name}': must be a non-empty increasing list of positive ints")
         if self.prefill_context_factors[0] != 1:
             raise ValueError("ladder 'prefill_context_factors': must start with 1")
+        if self.mixed_rows < 0 or (self.mixed_rows and not self.paged_prefill):
+            raise ValueError("ladder 'mixed_rows': must be >= 0, and > 0 only with the paged prefill "
+                             "(attention_kernel cpu_paged)")
 
     def prefill_rows(self, tokens: int) -> int:
         return min(tokens, max(self.prefill_min_rows, int(tokens * self.prefill_rows_per_token)))
@@ -45,15 +54,28 @@ class Ladder:
         m = next((x for x in self.decode_blocks if x >= blocks), None)
         return None if b is None or m is None else (b, m)
 
+    def _row_buckets(self, t: int) -> list[int]:
+        small = self.prefill_rows(t)
+        mixed = min(t, self.mixed_rows)
+        return [small, mixed] if mixed > small else [small]
+
     def prefill_shape(self, tokens: int, context: int, rows: int) -> tuple[int, int, int] | None:
-        """Smallest (T, C, S) holding `tokens` new tokens, `context` keys and `rows` logits rows."""
+        """Smallest (T, C, S) holding `tokens` new tokens, `context` keys and `rows` logits rows
+        (with paged_prefill C is T: the graphs do not depend on the context)."""
         for t in self.prefill_tokens:
-            if t < tokens or self.prefill_rows(t) < rows:
+            s = next((s for s in self._row_buckets(t) if s >= rows), None)
+            if t < tokens or s is None:
                 continue
+            if self.paged_prefill:
+                return t, t, s
             for f in self.prefill_context_factors:
                 if t * f >= context:
-                    return t, t * f, self.prefill_rows(t)
+                    return t, t * f, s
         return None
+
+    @property
+    def max_prefill_rows(self) -> int:
+        return max(self._row_buckets(self.max_prefill_tokens))
 
     @property
     def max_decode_batch(self) -> int:
@@ -66,9 +88,11 @@ class Ladder:
     def shapes(self) -> list[tuple[str, tuple[int, ...]]]:
         """Every graph shape, in the fixed order warm-up compiles them."""
         out: list[tuple[str, tuple[int, ...]]] = []
+        factors = (1,) if self.paged_prefill else self.prefill_context_factors
         for t in self.prefill_tokens:
-            for f in self.prefill_context_factors:
-                out.append(("prefill", (t, t * f, self.prefill_rows(t))))
+            for s in self._row_buckets(t):
+                for f in factors:
+                    out.append(("prefill", (t, t * f, s)))
         for b in self.decode_batches:
             for m in self.decode_blocks:
                 out.append(("decode", (b, m)))
@@ -121,6 +145,9 @@ class ModelRunner:
         self.decode_step = DecodeStep(self.model)
         # with the kernel, prefill runs through it too (None: the masked basic-op prefill)
         self.paged_prefill = PagedPrefillStep(self.model) if self.decode_step.use_kernel else None
+        if ladder.paged_prefill and self.paged_prefill is None:
+            raise ValueError("ladder 'paged_prefill' needs a model with attention_kernel 'cpu_paged', this one has "
+                             f"'{self.model.rt.attention_kernel}'")
 
     # ---- input building -------------------------------------------------------------------
     def _positions(self, s: StepInput) -> np.ndarray:

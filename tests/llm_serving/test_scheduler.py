@@ -191,3 +191,55 @@ def test_a_sequence_no_compiled_shape_can_hold_is_rejected_not_stalled():
         answer(sched, batch)
     assert sched.rejected == [s] and s.status is Status.FINISHED and batches == 4
     assert blocks.num_free == blocks.total and not sched.has_work
+
+
+MIXED = Ladder(decode_batches=(1, 2, 4, 8), decode_blocks=(4, 8, 16), prefill_tokens=(8, 16, 32),
+               prefill_min_rows=8, paged_prefill=True, mixed_rows=16)
+
+
+def test_mixed_steps_carry_the_decode_batch_and_fill_the_budget_with_prompts():
+    sched, blocks = make(ladder=MIXED)
+    sched.add(seq(0, [1, 5, 6], max_new=20))
+    answer(sched, sched.schedule())                  # sequence 0 now decodes
+    for i in range(1, 5):                            # four distinct 20-token prompts, 32-token budget
+        sched.add(seq(i, [1] + [10 + i] * 19, max_new=20))
+    batch = sched.schedule()
+    assert batch.kind == "mixed" and [x.num_new for x in batch.items] == [1, 20]
+    _, step = answer(sched, batch)
+    assert step.seq_lens.tolist() == [1, 20] and step.sample_rows.tolist() == [0, 20]
+    kinds = [batch.kind]
+    for _ in range(4):
+        batch = sched.schedule()
+        kinds.append(batch.kind)
+        answer(sched, batch)
+    # one 20-token prompt per step fits beside the growing decode batch, then plain decode
+    assert kinds == ["mixed"] * 4 + ["decode"]
+    sched.add(seq(5, [1] + [30] * 39, max_new=4))   # alone among the prompts: chunked to the budget
+    batch = sched.schedule()
+    assert batch.kind == "mixed" and [x.num_new for x in batch.items] == [1] * 5 + [27]
+    answer(sched, batch)
+    batch = sched.schedule()
+    assert [x.num_new for x in batch.items] == [1] * 5 + [13] and batch.items[-1].sample
+    answer(sched, batch)
+    done = run_to_completion(sched)
+    assert len(done) == 6 and all(s.finish_reason == "length" for s in done)
+    assert blocks.num_free == blocks.total and sum(blocks.ref) == 0
+
+
+def test_mixed_steps_never_chunk_a_prompt_to_nothing_and_fall_back_to_decode():
+    sched, _ = make(ladder=MIXED, max_running=2)
+    sched.add(seq(0, [1, 5, 6], max_new=20))
+    sched.add(seq(1, [1, 7, 8], max_new=20))
+    answer(sched, sched.schedule())                  # both decode now; the engine is full
+    sched.add(seq(2, [1, 9, 9], max_new=4))
+    batch = sched.schedule()
+    assert batch.kind == "decode" and len(batch.items) == 2   # no room to admit: a plain decode step
+
+
+def test_mixed_ladder_needs_the_paged_prefill_and_has_two_row_buckets():
+    with pytest.raises(ValueError, match="'mixed_rows'"):
+        Ladder(mixed_rows=16)
+    assert ("prefill", (32, 32, 16)) in MIXED.shapes() and ("prefill", (32, 32, 8)) in MIXED.shapes()
+    assert MIXED.prefill_shape(20, 10_000, 9) == (32, 32, 16)   # the context does not bound a paged step
+    assert MIXED.prefill_shape(8, 10_000, 8) == (8, 8, 8)
+    assert MIXED.prefill_shape(32, 0, 17) is None

@@ -57,7 +57,9 @@ def test_keys_the_contest_kit_read_but_never_used_warn():
     ("serving_config", "server_port", "8835", "'serving_config.server_port': expected int"),
     ("serving_config", "max_queue_size", 0, "'serving_config.max_queue_size': must be > 0"),
     ("pa_config", "num_blocks", 16, "too few blocks"),
-    ("scheduler_config", "prefill_context_factors", [1], "must hold max_generate_length"),
+    ("scheduler_config", "mixed_rows", 64, r"'scheduler_config.mixed_rows': 64 rows .* must both exceed the "
+                                           "largest decode batch 64"),
+    ("scheduler_config", "mixed_rows", -1, "'mixed_rows': must be >= 0"),
     ("tokenizer", "type", "GPT2Tokenizer", "must be LlamaTokenizer"),
 ])
 def test_bad_values_name_the_key(section, key, value, message):
@@ -65,6 +67,24 @@ def test_bad_values_name_the_key(section, key, value, message):
     data[section][key] = value
     with pytest.raises(ConfigError, match=message):
         parse(data)
+
+
+def test_context_keys_bound_prefill_steps_only_with_the_basic_attention():
+    # the Ascend config runs basic ops: a prefill step must hold max_generate_length context keys
+    with open(os.path.join(CONFIGS, "llama_7b_kbk_pa_dyn.yaml")) as f:
+        ascend = yaml.safe_load(f)
+    assert not parse(ascend).ladder.paged_prefill
+    ascend["scheduler_config"].update(prefill_tokens=[1024], prefill_context_factors=[1])
+    with pytest.raises(ConfigError, match="must hold max_generate_length"):
+        parse(ascend)
+    ascend["scheduler_config"]["mixed_rows"] = 256
+    with pytest.raises(ConfigError, match="'scheduler_config.mixed_rows': needs the paged prefill"):
+        parse(ascend)
+    # with the cpu_paged kernel the context does not shape prefill graphs (and mixed steps may run)
+    data = debug_data()
+    data["scheduler_config"].update(prefill_tokens=[128], prefill_context_factors=[1], mixed_rows=96)
+    lad = parse(data).ladder
+    assert lad.paged_prefill and lad.mixed_rows == 96
 
 
 def test_an_unknown_section_is_an_error():

@@ -48,10 +48,22 @@ def prompt(rng: np.random.Generator, words: int) -> str:
     return " ".join(rng.choice(vocab, size=words))
 
 
-def test_greedy_text_over_http_equals_offline_generation(server):
+def offline_ids(tokenizer_path: str, prompts: list[str], lengths: list[int]) -> list[list[int]]:
+    """Greedy tokens of msllama.generate for the tiny model (prompts prefilled together, then decoded)."""
     from msllama.config import load_predict_config
     from msllama.generate import generate
     from msllama.runner import Ladder, runner_from_config
+    from msllama.tokenizer import Tokenizer
+
+    pc = load_predict_config(os.path.join(os.path.dirname(tokenizer_path), "predict_tiny.yaml"))
+    runner = runner_from_config(pc, Ladder(decode_batches=(8,), decode_blocks=(4,), prefill_tokens=(128,),
+                                           prefill_context_factors=(1,)))
+    runner.warmup()
+    tok = Tokenizer(tokenizer_path)
+    return generate(runner, [tok.encode(p) for p in prompts], lengths)
+
+
+def test_greedy_text_over_http_equals_offline_generation(server):
     from msllama.tokenizer import Tokenizer
 
     rng = np.random.default_rng(0)
@@ -62,16 +74,33 @@ def test_greedy_text_over_http_equals_offline_generation(server):
     http_ids = [[line["data"][0]["tokens"]["id"] for line in lines[:-1]] for lines in answers]
     http_text = [lines[-1]["data"][0]["generated_text"] for lines in answers]
 
-    pc = load_predict_config(os.path.join(os.path.dirname(server.tokenizer_path), "predict_tiny.yaml"))
-    tok = Tokenizer(server.tokenizer_path)
-    runner = runner_from_config(pc, Ladder(decode_batches=(8,), decode_blocks=(4,), prefill_tokens=(128,),
-                                           prefill_context_factors=(1,)))
-    runner.warmup()
-    prompt_ids = [tok.encode(p) for p in prompts]
-    offline = generate(runner, prompt_ids, lengths)
+    offline = offline_ids(server.tokenizer_path, prompts, lengths)
     assert http_ids == offline
     # the text continues the prompt: a first token "▁word" keeps its space
+    tok = Tokenizer(server.tokenizer_path)
+    prompt_ids = [tok.encode(p) for p in prompts]
     assert http_text == [tok.decode(p + g)[len(tok.decode(p)):] for p, g in zip(prompt_ids, offline)]
+
+
+def test_mixed_steps_serve_the_same_greedy_tokens_and_free_every_block(serving_yaml, launch, tiny_model):
+    server = launch(serving_yaml("mixed"), "--task", "1")
+    url = server.wait_for(r"Serving \S+ at (\S+)").group(1)
+    rng = np.random.default_rng(4)
+    prompts = [prompt(rng, n) for n in (3, 9, 1, 14, 6, 20, 2, 11)]
+    lengths = [12, 30, 5, 21, 40, 8, 17, 25]
+
+    async def staggered() -> list[list[dict]]:
+        # later requests arrive while earlier ones decode, so their prompts ride in mixed steps
+        async def one(i: int) -> list[dict]:
+            await asyncio.sleep(0.05 * i)
+            return (await stream_all(url, [{"inputs": prompts[i], "parameters": {"max_new_tokens": lengths[i]}}]))[0]
+        return await asyncio.gather(*(one(i) for i in range(len(prompts))))
+
+    answers = asyncio.run(staggered())
+    http_ids = [[line["data"][0]["tokens"]["id"] for line in lines[:-1]] for lines in answers]
+    assert metric(url, 'llm_engine_steps_total{kind="mixed"}') > 0
+    assert http_ids == offline_ids(os.path.join(tiny_model, "tokenizer.model"), prompts, lengths)
+    wait_idle(url)
 
 
 def test_64_concurrent_requests_of_mixed_lengths_complete_and_free_every_block(server):

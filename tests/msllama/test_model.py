@@ -160,3 +160,18 @@ def test_compile_cache_reuses_graphs_but_never_weights(tmp_path):
         diffs.append(float(out.strip().splitlines()[-1]))
     assert len(list(cache.iterdir())) == 1              # one folder, keyed by config + ladder + code
     assert max(diffs) < 1e-4, diffs
+
+
+def test_a_mixed_step_of_decode_and_prompt_tokens_matches_the_reference(gqa):
+    """One prefill-kind step carrying a decoding sequence's next token and a new prompt (what the
+    scheduler's mixed steps send) gives both rows as the float64 model does."""
+    runner, ref = gqa
+    rng = np.random.default_rng(3)
+    a = rng.integers(3, 32000, size=12).tolist()
+    b = rng.integers(3, 32000, size=9).tolist()
+    tables = tables_for([2, 1], first=70)
+    first = step(runner, [a], [0], tables[:1], prefill=True)[0]
+    nxt = int(first.argmax())
+    mixed = step(runner, [[nxt], b], [12, 0], tables, prefill=True)
+    assert np.abs(mixed[0] - ref.forward(a + [nxt])[-1]).max() < 1e-4
+    assert np.abs(mixed[1] - ref.forward(b)[-1]).max() < 1e-4
