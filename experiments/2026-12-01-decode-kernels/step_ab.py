@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -29,6 +28,9 @@ from msllama.config import load_predict_config
 from msllama.runner import Ladder, ModelRunner, StepInput
 from msllama.sampling import SamplingBatch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from step_latency import timed_ms  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PREDICT = os.path.join(ROOT, "mindformers", "configs", "llama2", "predict_llama2_bench.yaml")
 CKPT = os.path.join(ROOT, ".cache", "bench", "llama2_bench.ckpt")
@@ -37,13 +39,9 @@ PREFILLS = {"46 prompts x 22": [22] * 46, "8 prompts x 128": [128] * 8, "1 promp
 
 
 def timed(runner: ModelRunner, step: StepInput, repeats: int) -> dict[str, float]:
-    runner.step(step)
-    ts = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        runner.step(step)
-        ts.append(time.perf_counter() - t)
-    return {"median_ms": float(np.median(ts) * 1e3), "min_ms": float(min(ts) * 1e3)}
+    timed_ms(runner, step)
+    ts = [timed_ms(runner, step) for _ in range(repeats)]
+    return {"median_ms": float(np.median(ts)), "min_ms": float(min(ts))}
 
 
 def tables(lens: np.ndarray, rng: np.random.Generator, spare: int) -> np.ndarray:

@@ -231,11 +231,11 @@ def parse_serving_config(data: dict, base_dir: str = ".", source: str = "") -> S
             raise ConfigError(f"config key '{full}': every length must be a multiple of block_size {bs}, got {bad}")
         ladder["decode_blocks"] = tuple(n // bs for n in lens)
     # the agent builds the same kernels on this machine (or falls back the same way)
-    ladder["paged_prefill"] = resolve_kernels(predict.runtime).attention_kernel == KERNEL_NAME
+    attention = resolve_kernels(predict.runtime).attention_kernel
+    ladder["paged_prefill"] = attention == KERNEL_NAME
     if ladder.get("mixed_rows", 0) and not ladder["paged_prefill"]:
         raise ConfigError("config key 'scheduler_config.mixed_rows': needs the paged prefill "
-                          f"(attention_kernel '{KERNEL_NAME}'), this model has "
-                          f"'{resolve_kernels(predict.runtime).attention_kernel}'; set 0")
+                          f"(attention_kernel '{KERNEL_NAME}'), this model has '{attention}'; set 0")
     try:
         lad = Ladder(**ladder)
     except ValueError as e:

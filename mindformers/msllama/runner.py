@@ -166,7 +166,6 @@ class ModelRunner:
         n, n_seq = len(s.token_ids), len(s.seq_lens)
         seq_of_token = np.repeat(np.arange(n_seq, dtype=np.int32), s.seq_lens)
         positions = self._positions(s)
-        slots = self._slots(s.block_tables, seq_of_token, positions)
         c = int(s.context_lens.sum())
         shape = self.ladder.prefill_shape(n, c, len(out_index))
         if shape is None:
@@ -187,6 +186,7 @@ class ModelRunner:
         k_pos = (np.arange(c, dtype=np.int32)
                  - np.repeat(np.cumsum(s.context_lens) - s.context_lens, s.context_lens)).astype(np.int32)
         k_index = self._slots(s.block_tables, k_seq, k_pos)
+        slots = self._slots(s.block_tables, seq_of_token, positions)
         args = (_pad(s.token_ids, t_pad, 0), _pad(positions, t_pad, 0), _pad(slots, t_pad, 0),
                 _pad(seq_of_token, t_pad, -1), _pad(k_index, c_pad, 0), _pad(k_seq, c_pad, -2),
                 _pad(k_pos, c_pad, 0), _pad(out_index.astype(np.int32), rows, 0))

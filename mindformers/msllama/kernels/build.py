@@ -1,8 +1,8 @@
 """Compile a kernel's C++ source into a shared library with the system g++, once per machine.
 
 The library lands in a cache folder (default `<repo>/.cache/kernels`, or `$MSLLAMA_KERNEL_CACHE`)
-under a name keyed by everything that changes the binary: the source, the flags, the compiler
-version and the CPU (the build uses `-march=native`). Concurrent processes build to a private
+under a name keyed by everything that changes the binary: the source and the shared headers, the
+flags, the compiler version and the CPU (the build uses `-march=native`). Concurrent processes build to a private
 temporary file and rename it into place, so a reader never sees a half-written library.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-pthread", "-shared",
          "-fPIC")
+HEADERS = Path(__file__).resolve().parent  # the kernels' shared headers (-I); part of every library's key
 CACHE_ENV = "MSLLAMA_KERNEL_CACHE"
 COMPILER_ENV = "CXX"
 BUILD_TIMEOUT_S = 120
@@ -69,6 +70,8 @@ def _cpu_identity() -> str:
 
 def library_key(source: Path, cxx: str) -> str:
     h = hashlib.sha256(source.read_bytes())
+    for header in sorted(HEADERS.glob("*.h")):
+        h.update(header.read_bytes())
     for part in (" ".join(FLAGS), _compiler_identity(cxx), _cpu_identity()):
         h.update(part.encode())
     return h.hexdigest()[:16]
@@ -89,7 +92,7 @@ def build_library(source: Path, cache_dir: Path | None = None) -> Library:
         raise KernelUnavailable(f"kernel cache folder {out_dir} is not writable ({e}); set ${CACHE_ENV}") from e
     start = time.perf_counter()
     try:
-        proc = subprocess.run([cxx, *FLAGS, "-o", tmp, str(source)], capture_output=True, text=True,
+        proc = subprocess.run([cxx, *FLAGS, "-I", str(HEADERS), "-o", tmp, str(source)], capture_output=True, text=True,
                               timeout=BUILD_TIMEOUT_S)
         if proc.returncode != 0:
             raise KernelUnavailable(f"compiling {source.name} failed:\n{proc.stderr.strip()}")

@@ -36,18 +36,17 @@
 // spin after a parallel region and took the cores from MindSpore's next kernels (measured 2x
 // slower steps). Small calls stay on the calling thread. All writes happen before any thread
 // reads, so no row is read while it is written.
-#include <sched.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <memory>
 #include <new>
 #include <thread>
 #include <vector>
+
+#include "common.h"
 
 namespace {
 
@@ -66,14 +65,6 @@ constexpr int64_t kMaxHeads = 256;  // KVH * G query heads
 typedef float F8 __attribute__((vector_size(32)));
 typedef int32_t I8 __attribute__((vector_size(32)));
 
-inline F8 Load(const float *p) {
-  F8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-inline void Store(float *p, F8 v) { std::memcpy(p, &v, sizeof(v)); }
-
 inline F8 Splat(float x) { return F8{} + x; }
 
 inline float HorizontalSum(F8 v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
@@ -82,11 +73,11 @@ inline float Dot(const float *a, const float *b, int64_t d) {
   F8 even = F8{}, odd = F8{};  // two chains: a single accumulator waits on each FMA's latency
   int64_t i = 0;
   for (; i + 16 <= d; i += 16) {
-    even += Load(a + i) * Load(b + i);
-    odd += Load(a + i + 8) * Load(b + i + 8);
+    even += Load<F8>(a + i) * Load<F8>(b + i);
+    odd += Load<F8>(a + i + 8) * Load<F8>(b + i + 8);
   }
   if (i + 8 <= d) {
-    even += Load(a + i) * Load(b + i);
+    even += Load<F8>(a + i) * Load<F8>(b + i);
     i += 8;
   }
   float s = HorizontalSum(even + odd);
@@ -98,7 +89,7 @@ inline float Dot(const float *a, const float *b, int64_t d) {
 inline void Axpy(float *a, float p, const float *x, int64_t d) {
   const F8 pv = Splat(p);
   int64_t i = 0;
-  for (; i + 8 <= d; i += 8) Store(a + i, Load(a + i) + pv * Load(x + i));
+  for (; i + 8 <= d; i += 8) Store(a + i, Load<F8>(a + i) + pv * Load<F8>(x + i));
   for (; i < d; ++i) a[i] += p * x[i];
 }
 
@@ -133,7 +124,7 @@ float ExpShiftedSum(float *s, int64_t n) {
   F8 sum = F8{};
   int64_t j = 0;
   for (; j + 8 <= n; j += 8) {
-    const F8 e = ExpNonPositive(Load(s + j) - shift);
+    const F8 e = ExpNonPositive(Load<F8>(s + j) - shift);
     Store(s + j, e);
     sum += e;
   }
@@ -141,7 +132,7 @@ float ExpShiftedSum(float *s, int64_t n) {
   if (j < n) {  // the tail through a full vector; its unused lanes are exp(0) and dropped
     float tail[8] = {mx, mx, mx, mx, mx, mx, mx, mx};
     std::memcpy(tail, s + j, sizeof(float) * (n - j));
-    Store(tail, ExpNonPositive(Load(tail) - shift));
+    Store(tail, ExpNonPositive(Load<F8>(tail) - shift));
     for (int64_t t = 0; j + t < n; ++t) {
       s[j + t] = tail[t];
       total += tail[t];
@@ -253,14 +244,8 @@ int CheckArgs(int nparam, int *ndims, int64_t **shapes, const char **dtypes, Dim
 constexpr int64_t kRowsPerExtraThread = 4096;
 
 int ThreadCount(int64_t rows, int64_t items) {
-  int wanted = 0;
-  if (const char *env = std::getenv("MSLLAMA_KERNEL_THREADS")) wanted = std::atoi(env);
-  if (wanted <= 0) {
-    cpu_set_t set;
-    wanted = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
-  }
   const int64_t by_work = 1 + rows / kRowsPerExtraThread;
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({wanted, by_work, items})));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({KernelThreads(), by_work, items})));
 }
 
 // The block size is the one dimension the inputs' shapes do not carry (the cache is 2-D, as

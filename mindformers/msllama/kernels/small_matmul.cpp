@@ -14,17 +14,16 @@
 //
 // Each output element is one fp32 sum over k in order 0..K-1, whatever M, the thread or the
 // panel split: a row's result does not depend on the other rows of the batch.
-// Threads: the calling thread and one helper per extra CPU (MSLLAMA_KERNEL_THREADS), each taking
+// Threads: the calling thread and one helper per extra CPU (KernelThreads in common.h), each taking
 // a contiguous range of panels, joined before returning.
-#include <sched.h>
-
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <thread>
 #include <vector>
+
+#include "common.h"
 
 namespace {
 
@@ -35,20 +34,12 @@ constexpr int64_t kRowBlock = 4;  // rows sharing each loaded panel row: 4 x 2 v
 
 typedef float F16 __attribute__((vector_size(64)));
 
-inline F16 Load(const float *p) {
-  F16 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-
-inline void Store(float *p, F16 v) { std::memcpy(p, &v, sizeof(v)); }
-
 // Rows [0, R) of x against one panel; writes the panel's `cols` (<= 32) output columns.
 template <int64_t R>
 void PanelRows(const float *x, const float *panel, float *y, int64_t k_dim, int64_t n_dim, int64_t cols) {
   F16 acc[R][2] = {};
   for (int64_t k = 0; k < k_dim; ++k) {
-    const F16 lo = Load(panel + k * kPanel), hi = Load(panel + k * kPanel + 16);
+    const F16 lo = Load<F16>(panel + k * kPanel), hi = Load<F16>(panel + k * kPanel + 16);
     for (int64_t r = 0; r < R; ++r) {
       const F16 xv = F16{} + x[r * k_dim + k];
       acc[r][0] += xv * lo;
@@ -78,14 +69,6 @@ void Panels(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_d
   }
 }
 
-int Threads() {
-  if (const char *env = std::getenv("MSLLAMA_KERNEL_THREADS")) {
-    if (std::atoi(env) > 0) return std::atoi(env);
-  }
-  cpu_set_t set;
-  return sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
-}
-
 }  // namespace
 
 extern "C" int SmallMatMul(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes,
@@ -105,7 +88,7 @@ extern "C" int SmallMatMul(int nparam, void **params, int *ndims, int64_t **shap
   const auto *x = static_cast<const float *>(params[0]);
   const auto *w = static_cast<const float *>(params[1]);
   auto *y = static_cast<float *>(params[2]);
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(Threads(), panels));
+  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(KernelThreads(), panels));
   std::vector<std::thread> helpers;
   int64_t started = 1;
   try {
