@@ -102,6 +102,8 @@ class RuntimeConfig:
     small_matmul_rows: int = -1             # decode graphs of <= this many rows use the C++ small-batch
                                             # matmul (kernels/small_matmul.cpp; a second, packed copy of
                                             # the linear weights); 0 = off; -1 = auto
+    fused_pointwise_rows: int = -1          # graphs of <= this many rows run RMSNorm and SiLU * up as
+                                            # one C++ op each (kernels/pointwise.cpp); 0 = off; -1 = auto
     checkpoint: str = ""                    # mindformers .ckpt file or HF folder; "" = none
     tokenizer: str = ""                     # sentencepiece tokenizer.model
     compile_cache: str = ""                 # folder for MindSpore's persistent graph cache; "" = off
@@ -121,6 +123,10 @@ class RuntimeConfig:
             # measured: experiments/2026-12-01-decode-kernels (decode step 15-25 % faster at 1-8 rows, slower at 16)
             object.__setattr__(self, "small_matmul_rows", 8 if self.device_target == "CPU" else 0)
         _require("small_matmul_rows", self.small_matmul_rows >= 0, "must be >= 0 (0 = off) or -1 (auto)")
+        if self.fused_pointwise_rows == -1:
+            # measured: experiments/2026-12-01-fused-ops
+            object.__setattr__(self, "fused_pointwise_rows", 8 if self.device_target == "CPU" else 0)
+        _require("fused_pointwise_rows", self.fused_pointwise_rows >= 0, "must be >= 0 (0 = off) or -1 (auto)")
         if self.device_target == "CPU":
             _require("compute_dtype", self.compute_dtype == "float32",
                      "must be float32 on CPU (fp16 matmul is slower there, bf16 unsupported)")
@@ -129,6 +135,7 @@ class RuntimeConfig:
         else:
             _require("attention_kernel", self.attention_kernel != "cpu_paged", "cpu_paged is a CPU kernel")
             _require("small_matmul_rows", self.small_matmul_rows == 0, "must be 0 on Ascend (a CPU kernel)")
+            _require("fused_pointwise_rows", self.fused_pointwise_rows == 0, "must be 0 on Ascend (a CPU kernel)")
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,7 @@ _RENAMED_MODEL_KEYS = {  # mindformers / HF spellings -> LlamaConfig field
     "max_position_embeddings": "seq_length", "rope_theta": "rope_theta",
 }
 _RUNTIME_MODEL_KEYS = {"compute_dtype", "block_size", "num_blocks", "checkpoint_name_or_path",
-                       "attention_kernel", "small_matmul_rows"}
+                       "attention_kernel", "small_matmul_rows", "fused_pointwise_rows"}
 _IGNORED_TOP_KEYS = {"seed", "run_mode", "use_parallel", "output_dir", "trainer", "parallel",
                      "moe_config", "auto_trans_ckpt", "src_strategy_path_or_dir", "load_ckpt_format",
                      "infer_precision_sync", "parallel_config", "micro_batch_interleave_num",

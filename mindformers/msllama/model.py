@@ -9,8 +9,9 @@ The graph entry points share one set of Parameters (weights and KV cache):
 * `DecodeStep` runs one token for each of `[B]` sequences; each reads its own context through its
   block table. With `attention_kernel: basic` the reads are one gather of
   `[kv_heads, B, max_blocks * block_size, head_dim]`, masked by context length; with `cpu_paged`
-  a C++ kernel (kernels/paged_attention.cpp) writes the step's K/V rows and reads the cache in
-  place, each sequence only up to its own context length. `PagedPrefillStep` runs prefill tokens
+  a C++ kernel (kernels/paged_attention.cpp) takes the fused QKV projection, applies the rotary
+  embedding, writes the step's K/V rows and reads the cache in place, each sequence only up to
+  its own context length. `PagedPrefillStep` runs prefill tokens
   through the same kernel, each token as a query reading its sequence's cache up to itself.
 
 KV cache storage: per layer one flat Parameter `[num_blocks * 2 * kv_heads * block_size, head_dim]`,
@@ -32,7 +33,7 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .config import ConfigError, LlamaConfig, RuntimeConfig
-from .kernels import decode_attention_op, pack_panels, resolve_kernels, small_matmul_op
+from .kernels import decode_attention_op, pack_panels, resolve_kernels, rms_norm_op, small_matmul_op, swiglu_op
 from .kernels.paged_attention import KERNEL_NAME
 from .weights import EMBEDDING, FINAL_NORM, layer_names, lm_head
 
@@ -81,12 +82,20 @@ def _mask_bias(mask):
 
 
 class RMSNorm(nn.Cell):
-    def __init__(self, weight: np.ndarray, eps: float, name: str):
+    """Graphs of at most `fused_rows` rows run one C++ op (kernels/pointwise.cpp) instead of seven
+    basic ones: there the ops' launch cost, not their work, is what a step pays."""
+
+    def __init__(self, weight: np.ndarray, eps: float, name: str, fused_rows: int):
         super().__init__()
         self.weight = _param(weight, name, ms.float32)
         self.eps = eps
+        self.fused_rows = fused_rows
+        self.fused = rms_norm_op() if fused_rows else None
+        self.eps_tensor = Tensor(np.array([eps], np.float32))
 
     def construct(self, x):
+        if self.fused_rows and x.shape[0] <= self.fused_rows:
+            return self.fused(x, self.weight, self.eps_tensor)
         x32 = ops.cast(x, ms.float32)
         norm = x32 * ops.rsqrt(ops.mean(ops.square(x32), -1, keep_dims=True) + self.eps)
         return ops.cast(norm * self.weight, x.dtype)
@@ -107,8 +116,10 @@ class DecoderLayer(nn.Cell):
         self.block_size = rt.block_size
         self.scale = 1.0 / float(np.sqrt(cfg.head_dim))
         p = f"model.layers.{i}."
-        self.attention_norm = RMSNorm(w[n["attention_norm"]], cfg.rms_norm_eps, p + "attention_norm.weight")
-        self.ffn_norm = RMSNorm(w[n["ffn_norm"]], cfg.rms_norm_eps, p + "ffn_norm.weight")
+        fused = self.fused_rows = rt.fused_pointwise_rows
+        self.attention_norm = RMSNorm(w[n["attention_norm"]], cfg.rms_norm_eps, p + "attention_norm.weight", fused)
+        self.ffn_norm = RMSNorm(w[n["ffn_norm"]], cfg.rms_norm_eps, p + "ffn_norm.weight", fused)
+        self.swiglu = swiglu_op() if fused else None
         small = rt.small_matmul_rows
         self.wqkv = Linear(_t(np.concatenate([w[n["wq"]], w[n["wk"]], w[n["wv"]]])), p + "wqkv", dtype, small)
         self.wo = Linear(_t(w[n["wo"]]), p + "wo", dtype, small)
@@ -121,7 +132,8 @@ class DecoderLayer(nn.Cell):
         self.bmm_t = ops.BatchMatMul(transpose_b=True)
         self.bmm = ops.BatchMatMul()
         self.head_offsets = Tensor(np.arange(cfg.kv_heads, dtype=np.int32) * rt.block_size)
-        self.paged_kernel = decode_attention_op(rt.block_size) if rt.attention_kernel == KERNEL_NAME else None
+        self.paged_kernel = (decode_attention_op(rt.block_size, cfg.num_heads, cfg.kv_heads)
+                             if rt.attention_kernel == KERNEL_NAME else None)
 
     def _rope(self, x, cos, sin):
         """x [N, heads, D], cos/sin [N, 1, D]: rotate-half rotary embedding."""
@@ -153,8 +165,9 @@ class DecoderLayer(nn.Cell):
         """Output projection, residual, SwiGLU MLP, residual."""
         x = x + self.wo(attn)
         gate_up = self.w13(self.ffn_norm(x))
-        act = ops.silu(gate_up[:, :self.ffn]) * gate_up[:, self.ffn:]
-        return x + self.w2(act)
+        if self.fused_rows and x.shape[0] <= self.fused_rows:
+            return x + self.w2(self.swiglu(gate_up))
+        return x + self.w2(ops.silu(gate_up[:, :self.ffn]) * gate_up[:, self.ffn:])
 
     def _softmax_v(self, scores, bias, v):
         probs = ops.softmax(ops.cast(scores, ms.float32) + bias, -1)
@@ -177,14 +190,16 @@ class DecoderLayer(nn.Cell):
 
     def decode(self, x, cos, sin, slots, block_tables, k_index, context_lens, bias, use_kernel):
         """x [B, hidden]; block_tables [B, M]; context_lens [B]; for the basic attention (None with
-        the kernel) k_index [B, L] cache slots of each sequence's context and bias [B, 1, L]."""
+        the kernel) k_index [B, L] cache slots of each sequence's context and bias [B, 1, L].
+        cos/sin: [B, 1, D] rows of the rotary tables, or with the kernel the whole tables."""
         b = x.shape[0]
+        if use_kernel:
+            # rotates q/k, writes k/v at each row's position, then reads the cache up to it, in place
+            qkv = self.wqkv(self.attention_norm(x))
+            out = self.paged_kernel(qkv, self.kv_cache, cos, sin, block_tables, context_lens)  # [B, kv_heads, group, D]
+            return self._finish(x, out.reshape(b, self.q_size))
         q, k, v = self._qkv(x, cos, sin)
         q = q.reshape(b, self.kv_heads, self.group, self.head_dim) * self.scale
-        if use_kernel:
-            # writes k/v at each sequence's last position, then reads the cache up to it, in place
-            out = self.paged_kernel(q, self.kv_cache, k, v, block_tables, context_lens)  # [B, kv_heads, group, D]
-            return self._finish(x, out.reshape(b, self.q_size))
         cache = self._write_cache(k, v, slots)
         idx = self._key_rows(k_index)  # [kv_heads, B, L]
         keys = ops.gather(cache, idx, 0)  # [kv_heads, B, L, D]
@@ -209,17 +224,18 @@ class LlamaModel(nn.Cell):
         self.cfg, self.rt = cfg, rt
         self.embedding = _param(weights[EMBEDDING], EMBEDDING, dtype)
         self.layers = nn.CellList([DecoderLayer(cfg, rt, weights, i, dtype) for i in range(cfg.num_layers)])
-        self.norm_out = RMSNorm(weights[FINAL_NORM], cfg.rms_norm_eps, FINAL_NORM)
+        self.norm_out = RMSNorm(weights[FINAL_NORM], cfg.rms_norm_eps, FINAL_NORM, rt.fused_pointwise_rows)
         self.lm_head = Linear(_t(lm_head(weights, cfg)), "lm_head.weight", dtype, rt.small_matmul_rows)
         cos, sin = rope_tables(cfg)
         self.cos = _param(cos.astype(np.float32), "rope_cos", dtype)
         self.sin = _param(sin.astype(np.float32), "rope_sin", dtype)
 
-    def embed(self, tokens, positions):
-        x = ops.gather(self.embedding, tokens, 0)
-        cos = ops.gather(self.cos, positions, 0).expand_dims(1)  # [N, 1, D]
-        sin = ops.gather(self.sin, positions, 0).expand_dims(1)
-        return x, cos, sin
+    def embed(self, tokens):
+        return ops.gather(self.embedding, tokens, 0)
+
+    def rope(self, positions):
+        """The rotary tables' rows of `positions`: cos, sin [N, 1, D] (the basic-op attention)."""
+        return ops.gather(self.cos, positions, 0).expand_dims(1), ops.gather(self.sin, positions, 0).expand_dims(1)
 
     def head(self, hidden):
         """Logits [S, vocab] (fp32) and their argmax / max per row."""
@@ -237,7 +253,8 @@ class PrefillStep(nn.Cell):
         self.model = model
 
     def construct(self, tokens, positions, slots, q_seq, k_index, k_seq, k_pos, out_index):
-        x, cos, sin = self.model.embed(tokens, positions)
+        x = self.model.embed(tokens)
+        cos, sin = self.model.rope(positions)
         same_seq = q_seq.reshape(-1, 1) == k_seq.reshape(1, -1)
         causal = k_pos.reshape(1, -1) <= positions.reshape(-1, 1)
         # padding queries may look at anything: keeps their rows finite, their output is unused
@@ -266,10 +283,10 @@ class PagedPrefillStep(nn.Cell):
         self.model = model
 
     def construct(self, tokens, positions, block_tables, out_index):
-        x, cos, sin = self.model.embed(tokens, positions)
+        x = self.model.embed(tokens)
         context_lens = positions + 1
         for layer in self.model.layers:
-            x = layer.decode(x, cos, sin, None, block_tables, None, context_lens, None, True)
+            x = layer.decode(x, self.model.cos, self.model.sin, None, block_tables, None, context_lens, None, True)
         return self.model.head(ops.gather(x, out_index, 0))
 
 
@@ -292,9 +309,11 @@ class DecodeStep(nn.Cell):
 
     def construct(self, tokens, positions, slots, block_tables, context_lens):
         b = tokens.shape[0]
-        x, cos, sin = self.model.embed(tokens, positions)
+        x = self.model.embed(tokens)
+        cos, sin = self.model.cos, self.model.sin      # the kernel takes the whole tables
         k_index = bias = None
         if not self.use_kernel:
+            cos, sin = self.model.rope(positions)
             k_index = (block_tables.reshape(b, -1, 1) * self.block_size
                        + self.block_offsets.reshape(1, 1, -1)).reshape(b, -1)  # [B, L]
             length = k_index.shape[1]

@@ -1,5 +1,5 @@
 """The cpu_paged decode-attention kernel: against float64 numpy inside a GRAPH_MODE graph (the
-kernel writes the step's rows into the cache Parameter in place), its contract at the edges, bad
+kernel rotates q/k and writes the step's rows into the cache Parameter in place), its contract at the edges, bad
 input, the library cache, the fallback of both kernels when no compiler exists, the config
 switch, and the whole model with the kernel against the basic-op attention (test_model.py's reference and batch-invariance tests re-run with basic ops)."""
 from __future__ import annotations
@@ -38,13 +38,28 @@ pytestmark = pytest.mark.usefixtures("kernels_built")
 class Attend(nn.Cell):
     """As DecoderLayer.decode with the kernel: the cache is a Parameter, the kernel writes it."""
 
-    def __init__(self, cache: np.ndarray):
+    def __init__(self, cache: np.ndarray, heads: int, kv_heads: int):
         super().__init__()
         self.kv_cache = Parameter(Tensor(cache), name="kv_cache", requires_grad=False)
-        self.attend = decode_attention_op(BS)
+        self.attend = decode_attention_op(BS, heads, kv_heads)
 
-    def construct(self, q, k_new, v_new, tables, context_lens):
-        return self.attend(q, self.kv_cache, k_new, v_new, tables, context_lens)
+    def construct(self, qkv, cos, sin, tables, context_lens):
+        return self.attend(qkv, self.kv_cache, cos, sin, tables, context_lens)
+
+
+def rope(head_dim: int, positions: int = 600) -> tuple[np.ndarray, np.ndarray]:
+    """float64 rotate-half tables [positions, head_dim] (as model.rope_tables)."""
+    inv_freq = 1.0 / (10000.0 ** (np.arange(0, head_dim, 2) / head_dim))
+    angles = np.arange(positions)[:, None] * inv_freq[None, :]
+    return np.tile(np.cos(angles), 2), np.tile(np.sin(angles), 2)
+
+
+def rotate(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, positions) -> np.ndarray:
+    """float64 rotary embedding of x [B, heads, D] at positions [B]."""
+    half = x.shape[-1] // 2
+    x = x.astype(np.float64)
+    rotated = np.concatenate([-x[..., half:], x[..., :half]], -1)
+    return x * cos[positions][:, None] + rotated * sin[positions][:, None]
 
 
 def rows(tables: np.ndarray, b: int, n: int, kind: int, h: int, kv_heads: int) -> np.ndarray:
@@ -79,28 +94,41 @@ def random_cache(kv_heads: int, head_dim: int, rng: np.random.Generator) -> np.n
     return rng.standard_normal((NUM_BLOCKS * 2 * kv_heads * BS, head_dim)).astype(np.float32)
 
 
+def random_qkv(b: int, kv_heads: int, group: int, head_dim: int, rng: np.random.Generator):
+    """A fused projection output [B, (heads + 2 * kv_heads) * D] and its q, k, v parts."""
+    q = rng.standard_normal((b, kv_heads * group, head_dim)).astype(np.float32)
+    k = (3 * rng.standard_normal((b, kv_heads, head_dim))).astype(np.float32)
+    v = rng.standard_normal((b, kv_heads, head_dim)).astype(np.float32)
+    return np.concatenate([q.reshape(b, -1), k.reshape(b, -1), v.reshape(b, -1)], 1), q, k, v
+
+
 @pytest.mark.parametrize("kv_heads,group,head_dim", [(2, 4, 32), (4, 1, 64), (1, 3, 20), (8, 1, 64)],
                          ids=["gqa", "mha", "head_dim_20", "heads_split"])
-def test_kernel_writes_the_new_rows_in_place_then_matches_float64(kv_heads, group, head_dim):
+def test_kernel_rotates_writes_the_new_rows_in_place_then_matches_float64(kv_heads, group, head_dim):
     rng = np.random.default_rng(kv_heads)
     lens = [1, 17, 40, 33, 16, 2] if kv_heads != 8 else [45, 3]  # ragged, 1, block edges; B < 8 splits heads
     tables = shuffled_tables(lens, 32, rng)                      # M * BS = 512: far beyond every context
     cache = random_cache(kv_heads, head_dim, rng)
     b = len(lens)
-    q = (rng.standard_normal((b, kv_heads, group, head_dim)) / np.sqrt(head_dim)).astype(np.float32)
-    k_new = (3 * rng.standard_normal((b, kv_heads, head_dim))).astype(np.float32)
-    v_new = rng.standard_normal((b, kv_heads, head_dim)).astype(np.float32)
+    qkv, q, k, v = random_qkv(b, kv_heads, group, head_dim, rng)
+    cos, sin = rope(head_dim)
+    pos = np.array(lens) - 1
 
-    net = Attend(cache)
-    out = net(Tensor(q), Tensor(k_new), Tensor(v_new), Tensor(tables), Tensor(np.array(lens, np.int32))).asnumpy()
+    net = Attend(cache, kv_heads * group, kv_heads)
+    out = net(Tensor(qkv), Tensor(cos.astype(np.float32)), Tensor(sin.astype(np.float32)), Tensor(tables),
+              Tensor(np.array(lens, np.int32))).asnumpy()
 
-    stale = reference(q, cache, tables, lens, kv_heads)
+    q_rot = (rotate(q, cos, sin, pos) / np.sqrt(head_dim)).reshape(b, kv_heads, group, head_dim)
+    k_rot = rotate(k, cos, sin, pos)
+    stale = reference(q_rot, cache, tables, lens, kv_heads)
+    written = net.kv_cache.asnumpy()
     for i, n in enumerate(lens):
         for h in range(kv_heads):
-            cache[rows(tables, i, n, 0, h, kv_heads)[-1]] = k_new[i, h]
-            cache[rows(tables, i, n, 1, h, kv_heads)[-1]] = v_new[i, h]
-    np.testing.assert_array_equal(net.kv_cache.asnumpy(), cache)  # written in place, nothing else touched
-    expected = reference(q, cache, tables, lens, kv_heads)
+            k_row, v_row = rows(tables, i, n, 0, h, kv_heads)[-1], rows(tables, i, n, 1, h, kv_heads)[-1]
+            assert np.abs(written[k_row] - k_rot[i, h]).max() < 1e-5   # K rotated at its position
+            cache[k_row], cache[v_row] = written[k_row], v[i, h]
+    np.testing.assert_array_equal(written, cache)  # written in place, nothing else touched
+    expected = reference(q_rot, cache, tables, lens, kv_heads)
     assert np.abs(out - expected).max() < 2e-6
     assert np.abs(out - stale).max() > 1e-2  # so the kernel did read the rows it wrote
 
@@ -111,13 +139,13 @@ def test_a_sequence_reads_only_its_own_context():
     rng = np.random.default_rng(7)
     kv_heads, group = 2, 4
     cache = random_cache(kv_heads, HEAD_DIM, rng)
-    q = rng.standard_normal((3, kv_heads, group, HEAD_DIM)).astype(np.float32)
-    new = rng.standard_normal((2, 3, kv_heads, HEAD_DIM)).astype(np.float32)
+    qkv = random_qkv(3, kv_heads, group, HEAD_DIM, rng)[0]
+    cos, sin = (Tensor(t.astype(np.float32)) for t in rope(HEAD_DIM))
     lens = np.array([21, 5, 1], np.int32)
     tables = shuffled_tables([21, 5, 1], 2, rng)                               # M * BS = 32
 
     def run(b: slice, t: np.ndarray) -> np.ndarray:
-        return Attend(cache)(Tensor(q[b]), Tensor(new[0, b]), Tensor(new[1, b]), Tensor(t), Tensor(lens[b])).asnumpy()
+        return Attend(cache, kv_heads * group, kv_heads)(Tensor(qkv[b]), cos, sin, Tensor(t), Tensor(lens[b])).asnumpy()
 
     batch = run(slice(0, 3), tables)
     wide = np.full((3, 32), 10**6, np.int32)                                   # invalid past the context
@@ -128,29 +156,36 @@ def test_a_sequence_reads_only_its_own_context():
 
 
 def test_bad_input_is_a_clear_error():
-    q = Tensor(np.zeros((1, 2, 1, 8), np.float32))
-    new = Tensor(np.zeros((1, 2, 8), np.float32))
+    qkv = Tensor(np.zeros((1, (2 + 4) * 8), np.float32))       # 2 heads, 2 KV heads, head_dim 8
+    table = Tensor(np.zeros((40, 8), np.float32))
     cache = Tensor(np.zeros((3 * 2 * 2 * BS, 8), np.float32))  # 3 blocks
     tables = Tensor(np.array([[1, 2]], np.int32))
     lens = Tensor(np.array([2], np.int32))
-    attend = decode_attention_op(BS)
+    attend = decode_attention_op(BS, 2, 2)
     with pytest.raises(ValueError, match="input 'block_tables': must be Int32"):
-        attend(q, cache, new, new, Tensor(np.array([[1, 2]], np.int64)), lens)
+        attend(qkv, cache, table, table, Tensor(np.array([[1, 2]], np.int64)), lens)
     with pytest.raises(ValueError, match=r"input 'kv_cache': must be \[num_blocks \* 2 \* kv_heads \* block_size"):
-        attend(q, Tensor(np.zeros((8, 4), np.float32)), new, new, tables, lens)
-    with pytest.raises(ValueError, match=r"input 'k_new': must be \[B, kv_heads, head_dim\]"):
-        attend(q, cache, Tensor(np.zeros((1, 2, 4), np.float32)), new, tables, lens)
+        attend(qkv, Tensor(np.zeros((8, 4), np.float32)), table, table, tables, lens)
+    with pytest.raises(ValueError, match=r"input 'qkv': must be \[B, \(heads \+ 2 \* kv_heads\) \* head_dim\] = \[B, 48\]"):
+        attend(Tensor(np.zeros((1, 40), np.float32)), cache, table, table, tables, lens)
+    with pytest.raises(ValueError, match="input 'rope_sin': must have rope_cos's shape"):
+        attend(qkv, cache, table, Tensor(np.zeros((40, 6), np.float32)), tables, lens)
     with pytest.raises(ValueError, match="input 'context_lens': must be"):
-        attend(q, cache, new, new, tables, Tensor(np.array([2, 2], np.int32)))
+        attend(qkv, cache, table, table, tables, Tensor(np.array([2, 2], np.int32)))
     with pytest.raises(ValueError, match=r"block_size must be one of \[8, 16, 32, 64, 128\], got 12"):
-        decode_attention_op(12)
-    # a block outside the cache within the context (code 4), a context of 0 or past the table (6):
-    # the kernel refuses instead of reading or writing out of bounds
+        decode_attention_op(12, 2, 2)
+    with pytest.raises(ValueError, match=r"heads \(3\) must be a multiple of kv_heads \(2\)"):
+        decode_attention_op(BS, 3, 2)
+    # a block outside the cache within the context (code 4), a context of 0, past the table or past
+    # the rotary tables (6): the kernel refuses instead of reading or writing out of bounds
     with pytest.raises(RuntimeError, match="is 4"):
-        attend(q, cache, new, new, Tensor(np.array([[3, 0]], np.int32)), lens)
+        attend(qkv, cache, table, table, Tensor(np.array([[3, 0]], np.int32)), lens)
     for bad in (0, 2 * BS + 1):
         with pytest.raises(RuntimeError, match="is 6"):
-            attend(q, cache, new, new, tables, Tensor(np.array([bad], np.int32)))
+            attend(qkv, cache, table, table, tables, Tensor(np.array([bad], np.int32)))
+    short = Tensor(np.zeros((20, 8), np.float32))              # positions 0..19 only
+    with pytest.raises(RuntimeError, match="is 6"):
+        attend(qkv, cache, short, short, tables, Tensor(np.array([21], np.int32)))
 
 
 def test_library_is_cached_by_source_and_rebuilt_when_it_changes(tmp_path):
@@ -174,19 +209,21 @@ def test_without_a_compiler_the_model_falls_back_to_basic_ops(tmp_path):
                           seq_length=32)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            rt = RuntimeConfig(num_blocks=4, attention_kernel="cpu_paged", small_matmul_rows=8)
+            rt = RuntimeConfig(num_blocks=4, attention_kernel="cpu_paged", small_matmul_rows=8, fused_pointwise_rows=8)
             model = LlamaModel(cfg, rt, random_weights(cfg))
-        print(model.rt.attention_kernel, model.layers[0].paged_kernel, model.rt.small_matmul_rows, model.lm_head.small)
-        for key in ("attention_kernel", "small_matmul_rows"):
+        print(model.rt.attention_kernel, model.layers[0].paged_kernel, model.rt.small_matmul_rows, model.lm_head.small,
+              model.rt.fused_pointwise_rows, model.layers[0].swiglu)
+        for key in ("attention_kernel", "small_matmul_rows", "fused_pointwise_rows"):
             print([str(w.message) for w in caught if f"'{key}'" in str(w.message)])
     """)
     env = {**os.environ, "CXX": "no-such-compiler", "MSLLAMA_KERNEL_CACHE": str(tmp_path / "empty")}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
                          check=True).stdout.splitlines()
-    assert out[0] == "basic None 0 None"
+    assert out[0] == "basic None 0 None 0 None"
     assert "'cpu_paged' is unavailable, using 'basic'" in out[1]
     assert "C++ compiler 'no-such-compiler' not found on PATH" in out[1]
     assert "'small_matmul_rows': the kernel is unavailable, using 0 (MatMul)" in out[2]
+    assert "'fused_pointwise_rows': the kernels are unavailable, using 0 (basic ops)" in out[3]
 
 
 # ---- the whole model: kernel graphs against basic-op graphs on the same weights and cache ----

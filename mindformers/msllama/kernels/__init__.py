@@ -5,18 +5,19 @@ import hashlib
 from pathlib import Path
 
 from ..config import RuntimeConfig
-from . import paged_attention, small_matmul
+from . import paged_attention, pointwise, small_matmul
 from .build import KernelUnavailable
 from .paged_attention import decode_attention_op, resolve_attention_kernel
+from .pointwise import resolve_pointwise, rms_norm_op, swiglu_op
 from .small_matmul import pack_panels, resolve_small_matmul, small_matmul_op
 
 __all__ = ["KernelUnavailable", "decode_attention_op", "graph_fingerprint", "pack_panels", "resolve_kernels",
-           "small_matmul_op"]
+           "rms_norm_op", "small_matmul_op", "swiglu_op"]
 
 
 def resolve_kernels(rt: RuntimeConfig) -> RuntimeConfig:
     """`rt` with each kernel it asks for that cannot be built here replaced (with a warning)."""
-    return resolve_small_matmul(resolve_attention_kernel(rt))
+    return resolve_pointwise(resolve_small_matmul(resolve_attention_kernel(rt)))
 
 
 def graph_fingerprint(rt: RuntimeConfig) -> str:
@@ -24,7 +25,8 @@ def graph_fingerprint(rt: RuntimeConfig) -> str:
     call (each hashes source, flags, compiler and CPU) and the wrapper code; "" when they call
     none. Part of the graph compile-cache key, so a cached graph never calls a stale library."""
     names = ([paged_attention.library().path.name] if rt.attention_kernel == paged_attention.KERNEL_NAME else []) + \
-        ([small_matmul.library().path.name] if rt.small_matmul_rows else [])
+        ([small_matmul.library().path.name] if rt.small_matmul_rows else []) + \
+        ([pointwise.library().path.name] if rt.fused_pointwise_rows else [])
     if not names:
         return ""
     h = hashlib.sha256(" ".join(names).encode())

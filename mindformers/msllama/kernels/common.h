@@ -4,8 +4,12 @@
 
 #include <sched.h>
 
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <thread>
+#include <vector>
 
 namespace {
 
@@ -22,6 +26,36 @@ inline void Store(float *p, V v) {
   std::memcpy(p, &v, sizeof(v));
 }
 
+typedef float F8 __attribute__((vector_size(32)));
+typedef int32_t I8 __attribute__((vector_size(32)));
+
+inline F8 Splat(float x) { return F8{} + x; }
+
+inline float HorizontalSum(F8 v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
+
+// exp(x) for x <= 0 (softmax scores minus their max; -|g| in a sigmoid): x = n ln2 + r with
+// |r| <= ln2 / 2, e^r by its degree-7 Taylor polynomial (truncation < 1e-8 relative), 2^n written
+// into the exponent bits. About 2 fp32 ulp. Below -87 (under 2e-38) it returns e^-87.
+inline F8 ExpNonPositive(F8 x) {
+  const float kLog2e = 1.44269504f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  x = x < -87.0f ? Splat(-87.0f) : x;
+  const F8 n = (x * kLog2e + kRound) - kRound;
+  const F8 r = (x - n * kLn2Hi) - n * kLn2Lo;
+  F8 p = Splat(1.0f / 5040.0f);
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const I8 bits = (__builtin_convertvector(n, I8) + 127) << 23;
+  F8 scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
 // Threads a kernel may use: MSLLAMA_KERNEL_THREADS if set > 0, else the CPUs this process may run on.
 inline int KernelThreads() {
   if (const char *env = std::getenv("MSLLAMA_KERNEL_THREADS")) {
@@ -29,6 +63,24 @@ inline int KernelThreads() {
   }
   cpu_set_t set;
   return sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+}
+
+// Runs fn(begin, end) over `threads` contiguous ranges of [0, n): the calling thread takes the
+// first, helpers started for this call the others, all joined before returning. If no thread can
+// be started the calling thread runs the ranges not handed out.
+template <class F>
+void ParallelRanges(int64_t n, int64_t threads, F fn) {
+  threads = threads < 1 ? 1 : (threads > n ? (n > 0 ? n : 1) : threads);
+  std::vector<std::thread> helpers;
+  int64_t started = 1;
+  try {
+    for (; started < threads; ++started) helpers.emplace_back(fn, n * started / threads, n * (started + 1) / threads);
+  } catch (const std::exception &) {
+    // no more threads
+  }
+  fn(int64_t{0}, n / threads);
+  if (started < threads) fn(n * started / threads, n);
+  for (auto &h : helpers) h.join();
 }
 
 }  // namespace

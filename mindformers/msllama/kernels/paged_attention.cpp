@@ -1,5 +1,5 @@
-// Paged decode attention for MindSpore's CPU `Custom(func_type="aot")` op, fp32, with the cache
-// write of the step's new K/V rows done in the same call.
+// Paged decode attention for MindSpore's CPU `Custom(func_type="aot")` op, fp32, with the rotary
+// embedding, the query scale and the cache write of the step's new K/V rows done in the same call.
 //
 // Cache layout, block-major (one Parameter per layer, as msllama/model.py builds it): a block
 // holds the K rows of every KV head, then their V rows, each head's rows contiguous:
@@ -8,19 +8,22 @@
 // blocks matters more than any arithmetic here: on this machine one thread reads random 4 KB
 // chunks at ~6 GB/s and 32-128 KB chunks at 15-19 GB/s (experiments/2026-12-01-decode-kernels).
 //
-// For every sequence b: first its new token's rows are stored at position p = context_lens[b] - 1
-// (block block_tables[b, p / BS], offset p % BS), then for each query head (kvh, g)
+// Each row b of qkv is one token, at position p = context_lens[b] - 1 of its sequence: its query
+// heads, then its K heads, then its V heads, as the fused QKV projection produces them. First the
+// rotary embedding (rotate-half, from the cos/sin tables' row p) is applied to K and each token's
+// K/V rows are stored at position p (block block_tables[b, p / BS], offset p % BS); then, with
+// q the rotated query times 1 / sqrt(D), for each query head (kvh, g)
 //   out[b, kvh, g] = softmax(q[b, kvh, g] . K[kvh, 0..p]) @ V[kvh, 0..p]
-// reading the cache in place, only up to the sequence's own context length: the cost does not
-// grow with the bucket width M nor with the other sequences of the batch. Queries arrive scaled.
+// reading the cache in place, only up to the token's own position: the cost does not grow with
+// the bucket width M nor with the other rows of the batch.
 //
 // Inputs (MindSpore passes inputs then outputs):
-//   0 q            float32 [B, KVH, G, D]   G query heads share one KV head (GQA; G = 1 is MHA)
+//   0 qkv          float32 [B, (KVH * G + 2 * KVH) * D]   G query heads share one KV head (GQA)
 //   1 kv_cache     float32 [NB * 2 * KVH * BS, D], written in place (the step's new rows)
-//   2 k_new        float32 [B, KVH, D]      this step's K/V of each sequence (rotary applied)
-//   3 v_new        float32 [B, KVH, D]
-//   4 block_tables int32   [B, M]           physical blocks of each sequence, in order
-//   5 context_lens int32   [B]              tokens after this step, in [1, M * BS]
+//   2 rope_cos     float32 [S, D]           rotary tables (rotate-half layout), S positions
+//   3 rope_sin     float32 [S, D]
+//   4 block_tables int32   [B, M]           physical blocks of each row's sequence, in order
+//   5 context_lens int32   [B]              tokens of the sequence up to this row, in [1, min(M * BS, S)]
 //   6 out          float32 [B, KVH, G, D]
 // Returns 0, or a nonzero code that MindSpore turns into an exception (see the error codes).
 // Padded batch rows point at the trash block 0 with context 1: they write and read only there.
@@ -38,6 +41,7 @@
 // reads, so no row is read while it is written.
 #include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <exception>
@@ -52,22 +56,15 @@ namespace {
 
 enum Status : int {
   kOk = 0,
-  kBadArity = 1,      // not 5 inputs + 1 output
-  kBadDtype = 2,      // q/k/v/out not float32, slots/context_lens not int32
+  kBadArity = 1,      // not 6 inputs + 1 output
+  kBadDtype = 2,      // qkv/cache/tables/out not float32, block_tables/context_lens not int32
   kBadShape = 3,      // ranks or sizes inconsistent (the cache rows not a whole number of blocks)
   kBadBlock = 4,      // a block index (within a context) outside [0, NB)
   kNoMemory = 5,
-  kBadLength = 6,     // a context length outside [1, M * BS]
+  kBadLength = 6,     // a context length outside [1, min(M * BS, S)]
 };
 
 constexpr int64_t kMaxHeads = 256;  // KVH * G query heads
-
-typedef float F8 __attribute__((vector_size(32)));
-typedef int32_t I8 __attribute__((vector_size(32)));
-
-inline F8 Splat(float x) { return F8{} + x; }
-
-inline float HorizontalSum(F8 v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
 
 inline float Dot(const float *a, const float *b, int64_t d) {
   F8 even = F8{}, odd = F8{};  // two chains: a single accumulator waits on each FMA's latency
@@ -91,29 +88,6 @@ inline void Axpy(float *a, float p, const float *x, int64_t d) {
   int64_t i = 0;
   for (; i + 8 <= d; i += 8) Store(a + i, Load<F8>(a + i) + pv * Load<F8>(x + i));
   for (; i < d; ++i) a[i] += p * x[i];
-}
-
-// exp(x) for x <= 0 (scores minus their max): x = n ln2 + r with |r| <= ln2 / 2, e^r by its
-// degree-7 Taylor polynomial (truncation < 1e-8 relative), 2^n written into the exponent bits.
-// About 2 fp32 ulp. Below -87 (a weight under 2e-38 of the largest) it returns e^-87.
-inline F8 ExpNonPositive(F8 x) {
-  const float kLog2e = 1.44269504f, kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
-  const float kRound = 12582912.0f;  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  x = x < -87.0f ? Splat(-87.0f) : x;
-  const F8 n = (x * kLog2e + kRound) - kRound;
-  const F8 r = (x - n * kLn2Hi) - n * kLn2Lo;
-  F8 p = Splat(1.0f / 5040.0f);
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
-  const I8 bits = (__builtin_convertvector(n, I8) + 127) << 23;
-  F8 scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
 }
 
 // s[0:n] = exp(s[0:n] - max); returns their sum.
@@ -142,18 +116,27 @@ float ExpShiftedSum(float *s, int64_t n) {
 }
 
 struct Dims {
-  int64_t batch, kv_heads, group, head_dim, block_size, num_blocks, width;  // width = M blocks
+  int64_t batch, kv_heads, group, head_dim, block_size, num_blocks, width, positions;  // width = M blocks
   int64_t block_floats() const { return 2 * kv_heads * block_size * head_dim; }
+  int64_t q_floats() const { return kv_heads * group * head_dim; }
+  int64_t qkv_floats() const { return q_floats() + 2 * kv_heads * head_dim; }
 };
+
+// dst = rotate-half rotary embedding of x (d floats, d even) with table rows c, s, times scale.
+inline void Rotate(float *dst, const float *x, const float *c, const float *s, int64_t d, float scale) {
+  const int64_t half = d / 2;
+  for (int64_t i = 0; i < half; ++i) dst[i] = (x[i] * c[i] - x[i + half] * s[i]) * scale;
+  for (int64_t i = half; i < d; ++i) dst[i] = (x[i] * c[i] + x[i - half] * s[i]) * scale;
+}
 
 // Row pointer of (block, kind, head, offset) in the block-major cache.
 inline const float *Row(const Dims &m, const float *cache, int64_t block, int64_t kind, int64_t h, int64_t off) {
   return cache + block * m.block_floats() + ((kind * m.kv_heads + h) * m.block_size + off) * m.head_dim;
 }
 
-// Sequence b, KV heads [h0, h0 + hc): their G query heads each. Blocks are walked in table order
-// and, inside a block, head after head, so reads are sequential within each block.
-// scores holds hc * G * (M * BS) floats, acc hc * G * D.
+// Row b, KV heads [h0, h0 + hc): their G query heads each, q holding those hc * G rotated, scaled
+// queries. Blocks are walked in table order and, inside a block, head after head, so reads are
+// sequential within each block. scores holds hc * G * (M * BS) floats, acc hc * G * D.
 int AttendHeads(const Dims &m, int64_t b, int64_t h0, int64_t hc, const float *q, const float *cache,
                 const int32_t *tables, int64_t n, float *out, float *scores, float *acc) {
   const int64_t d = m.head_dim, g_count = m.group, bs = m.block_size, stride = m.width * bs;
@@ -165,7 +148,7 @@ int AttendHeads(const Dims &m, int64_t b, int64_t h0, int64_t hc, const float *q
   for (int64_t i = 0; i < blocks; ++i) {
     const int64_t rows = std::min(bs, n - i * bs);
     for (int64_t h = 0; h < hc; ++h) {
-      const float *qh = q + ((b * m.kv_heads + h0 + h) * g_count) * d;
+      const float *qh = q + h * g_count * d;
       const float *k_row = Row(m, cache, table[i], 0, h0 + h, 0);
       float *sh = scores + h * g_count * stride + i * bs;
       for (int64_t j = 0; j < rows; ++j, k_row += d) {
@@ -192,19 +175,20 @@ int AttendHeads(const Dims &m, int64_t b, int64_t h0, int64_t hc, const float *q
   return kOk;
 }
 
-// Store each sequence's new K/V rows at its last position (before any thread reads).
-int WriteNewRows(const Dims &m, float *cache, const float *k_new, const float *v_new, const int32_t *tables,
-                 const int32_t *context_lens) {
+// Store each row's K (rotated) and V at its position (before any thread reads).
+int WriteNewRows(const Dims &m, float *cache, const float *qkv, const float *cos, const float *sin,
+                 const int32_t *tables, const int32_t *context_lens) {
   const int64_t d = m.head_dim, bs = m.block_size;
   for (int64_t b = 0; b < m.batch; ++b) {
     const int64_t pos = context_lens[b] - 1;
-    if (pos < 0 || pos >= m.width * bs) return kBadLength;
+    if (pos < 0 || pos >= m.width * bs || pos >= m.positions) return kBadLength;
     const int32_t block = tables[b * m.width + pos / bs];
     if (block < 0 || block >= m.num_blocks) return kBadBlock;
+    const float *k = qkv + b * m.qkv_floats() + m.q_floats(), *v = k + m.kv_heads * d;
     for (int64_t h = 0; h < m.kv_heads; ++h) {
-      const int64_t src = (b * m.kv_heads + h) * d;
-      std::memcpy(const_cast<float *>(Row(m, cache, block, 0, h, pos % bs)), k_new + src, sizeof(float) * d);
-      std::memcpy(const_cast<float *>(Row(m, cache, block, 1, h, pos % bs)), v_new + src, sizeof(float) * d);
+      Rotate(const_cast<float *>(Row(m, cache, block, 0, h, pos % bs)), k + h * d, cos + pos * d, sin + pos * d, d,
+             1.0f);
+      std::memcpy(const_cast<float *>(Row(m, cache, block, 1, h, pos % bs)), v + h * d, sizeof(float) * d);
     }
   }
   return kOk;
@@ -222,21 +206,21 @@ int CheckArgs(int nparam, int *ndims, int64_t **shapes, const char **dtypes, Dim
     if (!IsType(dtypes[i], "float32")) return kBadDtype;
   }
   if (!IsType(dtypes[4], "int32") || !IsType(dtypes[5], "int32")) return kBadDtype;
-  const int want_ndims[7] = {4, 2, 3, 3, 2, 1, 4};
+  const int want_ndims[7] = {2, 2, 2, 2, 2, 1, 4};
   for (int i = 0; i < 7; ++i) {
     if (ndims[i] != want_ndims[i]) return kBadShape;
   }
-  const int64_t *q = shapes[0];
-  *m = Dims{q[0], q[1], q[2], q[3], 0, 0, shapes[4][1]};
-  if (m->kv_heads <= 0 || m->group <= 0 || m->kv_heads * m->group > kMaxHeads || m->head_dim <= 0) return kBadShape;
-  if (shapes[1][1] != m->head_dim) return kBadShape;
+  const int64_t *o = shapes[6];
+  *m = Dims{o[0], o[1], o[2], o[3], 0, 0, shapes[4][1], shapes[2][0]};
+  if (m->kv_heads <= 0 || m->group <= 0 || m->kv_heads * m->group > kMaxHeads || m->head_dim <= 0 ||
+      m->head_dim % 2 != 0) {
+    return kBadShape;
+  }
+  if (shapes[0][0] != m->batch || shapes[0][1] != m->qkv_floats() || shapes[1][1] != m->head_dim) return kBadShape;
   for (int i : {2, 3}) {
-    if (shapes[i][0] != m->batch || shapes[i][1] != m->kv_heads || shapes[i][2] != m->head_dim) return kBadShape;
+    if (shapes[i][0] != m->positions || shapes[i][1] != m->head_dim) return kBadShape;
   }
   if (shapes[4][0] != m->batch || shapes[5][0] != m->batch || m->width <= 0) return kBadShape;
-  for (int i = 0; i < 4; ++i) {
-    if (shapes[6][i] != q[i]) return kBadShape;
-  }
   return kOk;
 }
 
@@ -258,14 +242,16 @@ int PagedDecodeAttentionImpl(int nparam, void **params, int *ndims, int64_t **sh
   m.block_size = kBlockSize;
   if (shapes[1][0] % (2 * m.kv_heads * kBlockSize) != 0) return kBadShape;
   m.num_blocks = shapes[1][0] / (2 * m.kv_heads * kBlockSize);
-  const auto *q = static_cast<const float *>(params[0]);
+  const auto *qkv = static_cast<const float *>(params[0]);
   auto *cache = static_cast<float *>(params[1]);
+  const auto *cos = static_cast<const float *>(params[2]);
+  const auto *sin = static_cast<const float *>(params[3]);
   const auto *tables = static_cast<const int32_t *>(params[4]);
   const auto *context_lens = static_cast<const int32_t *>(params[5]);
   auto *out = static_cast<float *>(params[6]);
-  status = WriteNewRows(m, cache, static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
-                        tables, context_lens);
+  status = WriteNewRows(m, cache, qkv, cos, sin, tables, context_lens);
   if (status != kOk) return status;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(m.head_dim));
   // An item is one sequence and a run of its KV heads: whole sequences keep reads block-sized;
   // small batches split heads so that every thread has work.
   int64_t splits = 1;
@@ -281,13 +267,17 @@ int PagedDecodeAttentionImpl(int nparam, void **params, int *ndims, int64_t **sh
   auto work = [&]() {
     const auto scores = Scratch(heads_per_item * m.group * m.width * kBlockSize);
     const auto acc = Scratch(heads_per_item * m.group * m.head_dim);
-    if (!scores || !acc) {
+    const auto q = Scratch(heads_per_item * m.group * m.head_dim);
+    if (!scores || !acc || !q) {
       failure.store(kNoMemory);
       return;
     }
     for (int64_t item = next++; item < items && failure.load(std::memory_order_relaxed) == kOk; item = next++) {
-      const int64_t b = item / splits, h0 = (item % splits) * heads_per_item;
-      const int rc = AttendHeads(m, b, h0, heads_per_item, q, cache, tables, context_lens[b], out, scores.get(),
+      const int64_t b = item / splits, h0 = (item % splits) * heads_per_item, d = m.head_dim;
+      const int64_t pos = context_lens[b] - 1, heads = heads_per_item * m.group;
+      const float *qb = qkv + b * m.qkv_floats() + h0 * m.group * d;
+      for (int64_t r = 0; r < heads; ++r) Rotate(q.get() + r * d, qb + r * d, cos + pos * d, sin + pos * d, d, scale);
+      const int rc = AttendHeads(m, b, h0, heads_per_item, q.get(), cache, tables, context_lens[b], out, scores.get(),
                                  acc.get());
       if (rc != kOk) failure.store(rc);
     }

@@ -19,9 +19,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <exception>
-#include <thread>
-#include <vector>
 
 #include "common.h"
 
@@ -88,19 +85,7 @@ extern "C" int SmallMatMul(int nparam, void **params, int *ndims, int64_t **shap
   const auto *x = static_cast<const float *>(params[0]);
   const auto *w = static_cast<const float *>(params[1]);
   auto *y = static_cast<float *>(params[2]);
-  const int64_t threads = std::max<int64_t>(1, std::min<int64_t>(KernelThreads(), panels));
-  std::vector<std::thread> helpers;
-  int64_t started = 1;
-  try {
-    for (; started < threads; ++started) {
-      helpers.emplace_back(Panels, x, w, y, m_dim, k_dim, n_dim, panels * started / threads,
-                           panels * (started + 1) / threads);
-    }
-  } catch (const std::exception &) {
-    // no more threads: this one takes the panels not handed out
-  }
-  Panels(x, w, y, m_dim, k_dim, n_dim, 0, panels / threads);
-  if (started < threads) Panels(x, w, y, m_dim, k_dim, n_dim, panels * started / threads, panels);
-  for (auto &h : helpers) h.join();
+  ParallelRanges(panels, KernelThreads(),
+                 [=](int64_t p0, int64_t p1) { Panels(x, w, y, m_dim, k_dim, n_dim, p0, p1); });
   return kOk;
 }

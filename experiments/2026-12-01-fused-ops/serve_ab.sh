@@ -1,0 +1,26 @@
+#!/bin/bash
+# One served run of the bench trace (N=300, X=100, as ../2026-11-22-serving-peers/ANALYSIS.md) from
+# the tree TREE, its exec time appended to OUT. Alternate two trees for an A/B, e.g.
+#   git worktree add /tmp/old <rev>; mkdir -p /tmp/old/.cache
+#   for d in bench compile debug; do ln -sfn "$PWD/.cache/$d" /tmp/old/.cache/$d; done
+#   for i in 1 2 3; do experiments/2026-12-01-fused-ops/serve_ab.sh /tmp/old old /tmp/ab.txt
+#                      experiments/2026-12-01-fused-ops/serve_ab.sh "$PWD" new /tmp/ab.txt; done
+set -euo pipefail
+TREE=$(cd "$1" && pwd); LABEL=$2; OUT=$(realpath "$3"); CONFIG=${4:-experiments/configs/llama_bench_tuned.yaml}
+PY=$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin/python
+JUDGE=$(cd "$(dirname "$0")/../.." && pwd)/performance_serving
+PORT=8871
+cd "$TREE"
+PYTHONPATH=$TREE/mindformers:$TREE/llm-serving "$PY" llm-serving/examples/start.py --task 1 --config "$CONFIG" \
+    --port $PORT > "/tmp/serve_ab-$LABEL.log" 2>&1 &
+SERVER=$!
+trap 'kill -INT $SERVER 2>/dev/null || true; wait $SERVER || true' EXIT
+for _ in $(seq 1 200); do
+  curl -s "127.0.0.1:$PORT/health" > /dev/null && break
+  kill -0 $SERVER 2> /dev/null || { echo "server failed, see /tmp/serve_ab-$LABEL.log" >&2; exit 1; }
+  sleep 3
+done
+cd "$(mktemp -d)"
+EXEC=$("$PY" "$JUDGE/test_serving_performance.py" -X 100 -T 3 --num-requests 300 -P $PORT --warmup 2 \
+       | sed -n 's/.*Exec Time is \([0-9.]*\).*/\1/p')
+echo "$LABEL $EXEC" | tee -a "$OUT"
