@@ -8,6 +8,7 @@ temporary file and rename it into place, so a reader never sees a half-written l
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import os
@@ -15,8 +16,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-pthread", "-shared",
          "-fPIC")
@@ -127,3 +130,10 @@ def loaded_library(source: Path, functions: tuple[str, ...]) -> Library:
     if isinstance(result, KernelUnavailable):
         raise result
     return result
+
+
+def fall_back(rt: Any, key: str, value: Any, what: str, error: KernelUnavailable) -> Any:
+    """`rt` (a RuntimeConfig) with `key` set to `value`, after a warning that names the key, what
+    it now uses instead (`what`) and why: the one way every kernel setting falls back."""
+    warnings.warn(f"config key '{key}': {what} instead: {error}", RuntimeWarning, stacklevel=3)
+    return dataclasses.replace(rt, **{key: value})

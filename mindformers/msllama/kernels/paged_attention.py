@@ -14,12 +14,10 @@ S)]), which MindSpore raises as a RuntimeError.
 """
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from pathlib import Path
 
 from ..config import RuntimeConfig
-from .build import KernelUnavailable, Library, loaded_library
+from .build import KernelUnavailable, Library, fall_back, loaded_library
 
 SOURCE = Path(__file__).with_name("paged_attention.cpp")
 FUNCTION = "PagedDecodeAttentionBS{}"
@@ -42,9 +40,7 @@ def resolve_attention_kernel(rt: RuntimeConfig) -> RuntimeConfig:
             raise KernelUnavailable(f"block_size {rt.block_size} is not one of the kernel's {list(BLOCK_SIZES)}")
         library()
     except KernelUnavailable as e:
-        warnings.warn(f"config key 'attention_kernel': '{KERNEL_NAME}' is unavailable, using 'basic' "
-                      f"instead: {e}", RuntimeWarning, stacklevel=2)
-        return dataclasses.replace(rt, attention_kernel="basic")
+        return fall_back(rt, "attention_kernel", "basic", f"'{KERNEL_NAME}' is unavailable, using 'basic'", e)
     return rt
 
 

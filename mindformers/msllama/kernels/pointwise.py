@@ -7,12 +7,10 @@ silu(gate_up[:, :F]) * gate_up[:, F:]. The model uses them in graphs of at most
 """
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from pathlib import Path
 
 from ..config import RuntimeConfig
-from .build import KernelUnavailable, Library, loaded_library
+from .build import KernelUnavailable, Library, fall_back, loaded_library
 
 SOURCE = Path(__file__).with_name("pointwise.cpp")
 FUNCTIONS = ("RmsNorm", "SwiGlu")
@@ -31,9 +29,7 @@ def resolve_pointwise(rt: RuntimeConfig) -> RuntimeConfig:
     try:
         library()
     except KernelUnavailable as e:
-        warnings.warn(f"config key 'fused_pointwise_rows': the kernels are unavailable, using 0 (basic ops) "
-                      f"instead: {e}", RuntimeWarning, stacklevel=2)
-        return dataclasses.replace(rt, fused_pointwise_rows=0)
+        return fall_back(rt, "fused_pointwise_rows", 0, "the kernels are unavailable, using 0 (basic ops)", e)
     return rt
 
 

@@ -7,14 +7,12 @@ graphs keep MindSpore's MatMul, which reaches peak FLOP/s there.
 """
 from __future__ import annotations
 
-import dataclasses
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..config import RuntimeConfig
-from .build import KernelUnavailable, Library, loaded_library
+from .build import KernelUnavailable, Library, fall_back, loaded_library
 
 SOURCE = Path(__file__).with_name("small_matmul.cpp")
 FUNCTION = "SmallMatMul"
@@ -34,9 +32,7 @@ def resolve_small_matmul(rt: RuntimeConfig) -> RuntimeConfig:
     try:
         library()
     except KernelUnavailable as e:
-        warnings.warn(f"config key 'small_matmul_rows': the kernel is unavailable, using 0 (MatMul) instead: {e}",
-                      RuntimeWarning, stacklevel=2)
-        return dataclasses.replace(rt, small_matmul_rows=0)
+        return fall_back(rt, "small_matmul_rows", 0, "the kernel is unavailable, using 0 (MatMul)", e)
     return rt
 
 
