@@ -120,7 +120,8 @@ class RuntimeConfig:
             # measured: experiments/2026-11-22-paged-attention-kernel
             object.__setattr__(self, "attention_kernel", "cpu_paged" if self.device_target == "CPU" else "basic")
         if self.small_matmul_rows == -1:
-            # measured: experiments/2026-12-01-decode-kernels (decode step 15-25 % faster at 1-8 rows, slower at 16)
+            # measured: experiments/2026-12-01-decode-kernels (decode step 15-25 % faster at 1-8 rows);
+            # experiments/2026-12-01-matmul-tiles: more rows gave no served gain
             object.__setattr__(self, "small_matmul_rows", 8 if self.device_target == "CPU" else 0)
         _require("small_matmul_rows", self.small_matmul_rows >= 0, "must be >= 0 (0 = off) or -1 (auto)")
         if self.fused_pointwise_rows == -1:

@@ -32,18 +32,21 @@ def test_pack_panels_layout():
     assert not p[1, :, 8:].any()
 
 
-@pytest.mark.parametrize("k,n", [(37, 70), (512, 1536), (64, 32)])
+# Row counts: one tile of 1-8 rows; tiles of 6 with a remainder; two chunks of 96 rows and a
+# remainder of 11 (6 + 5). Column counts: a partial panel, an odd number of panels (a pair and a
+# single one), whole pairs.
+@pytest.mark.parametrize("k,n", [(37, 70), (512, 1536), (64, 32), (130, 100)])
 def test_matches_float64_and_rows_do_not_depend_on_the_batch(k, n):
     rng = np.random.default_rng(k)
     w = rng.standard_normal((k, n)).astype(np.float32)
-    x = rng.standard_normal((9, k)).astype(np.float32)
+    x = rng.standard_normal((203, k)).astype(np.float32)
     net = Net(w)
-    outs = {m: net(Tensor(x[:m])).asnumpy() for m in (1, 3, 4, 5, 9)}  # row blocks of 4 and the rest
+    outs = {m: net(Tensor(x[:m])).asnumpy() for m in (1, 3, 4, 5, 8, 9, 13, 96, 203)}
     expected = x.astype(np.float64) @ w.astype(np.float64)
     for m, out in outs.items():
         assert out.shape == (m, n)
         assert np.abs(out - expected[:m]).max() < 1e-4 * np.sqrt(k)
-        np.testing.assert_array_equal(out, outs[9][:m])
+        np.testing.assert_array_equal(out, outs[203][:m])
 
 
 def test_bad_shapes_are_a_clear_error():

@@ -3,7 +3,8 @@
 `small_matmul_op(n)(x, panels)` with x [M, K] float32 and a weight packed by `pack_panels(w)`
 ([K, N] -> [ceil(N / 32), K, 32]) returns x @ w [M, N]. Decode graphs of at most
 `RuntimeConfig.small_matmul_rows` rows use it for every linear layer and the LM head; larger
-graphs keep MindSpore's MatMul, which reaches peak FLOP/s there.
+graphs keep MindSpore's MatMul: the kernel is correct for any row count and faster alone, but
+in the model it gave no served gain from 16 rows up (experiments/2026-12-01-matmul-tiles).
 """
 from __future__ import annotations
 

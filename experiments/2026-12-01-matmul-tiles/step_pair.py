@@ -1,0 +1,63 @@
+"""Decode and prefill step times of two RuntimeConfig settings in one process, the steps of the two
+runners alternated (so both see the same host speed, which drifts by 10-30 % on this machine).
+
+    .venv/bin/python experiments/2026-12-01-matmul-tiles/step_pair.py '{}' '{"small_matmul_rows": 128}' 8,16,32,64,128
+
+Arguments: setting A and setting B as JSON objects of RuntimeConfig overrides, the decode batch
+sizes. Steps as ../2026-12-01-fused-ops/step_variants.py (contexts uniform in [75, 225), one
+prefill of 46 prompts x 22); REPS (default 12) alternated pairs per step, medians and minima.
+"""
+import dataclasses
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "2026-12-01-decode-kernels"))
+import step_ab as S  # noqa: E402
+from msllama.checkpoint import load_weights  # noqa: E402
+from msllama.config import load_predict_config  # noqa: E402
+from msllama.runner import Ladder, ModelRunner, StepInput  # noqa: E402
+from msllama.sampling import SamplingBatch  # noqa: E402
+
+
+def steps(batches: list[int], rng: np.random.Generator) -> dict[str, StepInput]:
+    out = {}
+    for b in batches:
+        lens = rng.integers(75, 225, b).astype(np.int32)
+        out[f"decode B={b}"] = StepInput(False, rng.integers(3, 30000, b).astype(np.int32), np.ones(b, np.int32), lens,
+                                         S.tables(lens, rng, 1), np.arange(b, dtype=np.int32), SamplingBatch.greedy(b))
+    lens = np.full(46, 22, np.int32)
+    out["prefill 46x22"] = StepInput(True, rng.integers(3, 30000, int(lens.sum())).astype(np.int32), lens, lens,
+                                     S.tables(lens, rng, 0), (np.cumsum(lens) - 1).astype(np.int32),
+                                     SamplingBatch.greedy(46))
+    return out
+
+
+def main() -> int:
+    settings = [json.loads(a) for a in sys.argv[1:3]]
+    batches = [int(b) for b in sys.argv[3].split(",")]
+    reps = int(os.environ.get("REPS", 12))
+    pc = load_predict_config(S.PREDICT)
+    weights = load_weights(S.CKPT, pc.model)
+    ladder = Ladder(decode_batches=tuple(batches), decode_blocks=(S.WIDTH,), prefill_tokens=(1024,),
+                    prefill_context_factors=(1,), prefill_min_rows=64)
+    runners = [ModelRunner(pc.model, dataclasses.replace(pc.runtime, num_blocks=S.BLOCKS, block_size=S.BS,
+                                                         compile_cache="", **o), weights, ladder) for o in settings]
+    print("A", settings[0], "B", settings[1])
+    for name, step in steps(batches, np.random.default_rng(0)).items():
+        for r in runners:
+            S.timed_ms(r, step)
+        ts = [[], []]
+        for _ in range(reps):
+            for i, r in enumerate(runners):
+                ts[i].append(S.timed_ms(r, step))
+        a, b = (float(np.median(t)) for t in ts)
+        print(f"{name}: A {a:.1f} (min {min(ts[0]):.1f}) B {b:.1f} (min {min(ts[1]):.1f}) ms, A/B {a / b:.2f}",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
