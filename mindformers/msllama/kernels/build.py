@@ -19,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-fopenmp-simd", "-pthread", "-shared",
          "-fPIC")
@@ -132,8 +132,13 @@ def loaded_library(source: Path, functions: tuple[str, ...]) -> Library:
     return result
 
 
-def fall_back(rt: Any, key: str, value: Any, what: str, error: KernelUnavailable) -> Any:
-    """`rt` (a RuntimeConfig) with `key` set to `value`, after a warning that names the key, what
-    it now uses instead (`what`) and why: the one way every kernel setting falls back."""
-    warnings.warn(f"config key '{key}': {what} instead: {error}", RuntimeWarning, stacklevel=3)
-    return dataclasses.replace(rt, **{key: value})
+def unless_built(rt: Any, key: str, value: Any, what: str, build: Callable[[], object]) -> Any:
+    """`rt` (a RuntimeConfig) if `build()` succeeds; if it raises KernelUnavailable, `rt` with `key`
+    set to `value`, after a warning that names the key, what it now uses instead (`what`) and why:
+    the one way every kernel setting falls back."""
+    try:
+        build()
+    except KernelUnavailable as e:
+        warnings.warn(f"config key '{key}': {what} instead: {e}", RuntimeWarning, stacklevel=3)
+        return dataclasses.replace(rt, **{key: value})
+    return rt

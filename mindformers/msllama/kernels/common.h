@@ -13,6 +13,14 @@
 
 namespace {
 
+// Whether all of a Custom op's parameters (inputs and outputs) are float32.
+inline bool AllFloat32(int nparam, const char **dtypes) {
+  for (int i = 0; i < nparam; ++i) {
+    if (std::strcmp(dtypes[i], "float32") != 0) return false;
+  }
+  return true;
+}
+
 // GCC vector loads/stores through memcpy: no alignment assumed, compiled to plain vector moves.
 template <class V>
 inline V Load(const float *p) {

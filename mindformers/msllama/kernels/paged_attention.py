@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RuntimeConfig
-from .build import KernelUnavailable, Library, fall_back, loaded_library
+from .build import KernelUnavailable, Library, loaded_library, unless_built
 
 SOURCE = Path(__file__).with_name("paged_attention.cpp")
 FUNCTION = "PagedDecodeAttentionBS{}"
@@ -35,13 +35,13 @@ def resolve_attention_kernel(rt: RuntimeConfig) -> RuntimeConfig:
     entry point for the block size), `rt` with the basic-op attention and a warning saying why."""
     if rt.attention_kernel != KERNEL_NAME:
         return rt
-    try:
+
+    def build() -> Library:
         if rt.block_size not in BLOCK_SIZES:
             raise KernelUnavailable(f"block_size {rt.block_size} is not one of the kernel's {list(BLOCK_SIZES)}")
-        library()
-    except KernelUnavailable as e:
-        return fall_back(rt, "attention_kernel", "basic", f"'{KERNEL_NAME}' is unavailable, using 'basic'", e)
-    return rt
+        return library()
+
+    return unless_built(rt, "attention_kernel", "basic", f"'{KERNEL_NAME}' is unavailable, using 'basic'", build)
 
 
 def _check(name: str, ok: bool, rule: str) -> None:

@@ -21,13 +21,6 @@ namespace {
 
 enum Status : int { kOk = 0, kBadArity = 1, kBadDtype = 2, kBadShape = 3 };
 
-bool AllFloat32(int nparam, const char **dtypes) {
-  for (int i = 0; i < nparam; ++i) {
-    if (std::strcmp(dtypes[i], "float32") != 0) return false;
-  }
-  return true;
-}
-
 void NormRow(const float *x, const float *w, float eps, int64_t h, float *y) {
   F8 acc = F8{};
   int64_t i = 0;

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RuntimeConfig
-from .build import KernelUnavailable, Library, fall_back, loaded_library
+from .build import Library, loaded_library, unless_built
 
 SOURCE = Path(__file__).with_name("pointwise.cpp")
 FUNCTIONS = ("RmsNorm", "SwiGlu")
@@ -26,11 +26,7 @@ def resolve_pointwise(rt: RuntimeConfig) -> RuntimeConfig:
     `fused_pointwise_rows: 0` (MindSpore's basic ops) and a warning saying why."""
     if not rt.fused_pointwise_rows:
         return rt
-    try:
-        library()
-    except KernelUnavailable as e:
-        return fall_back(rt, "fused_pointwise_rows", 0, "the kernels are unavailable, using 0 (basic ops)", e)
-    return rt
+    return unless_built(rt, "fused_pointwise_rows", 0, "the kernels are unavailable, using 0 (basic ops)", library)
 
 
 def _float32(*dtypes):

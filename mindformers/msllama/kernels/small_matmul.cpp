@@ -104,9 +104,7 @@ extern "C" int SmallMatMul(int nparam, void **params, int *ndims, int64_t **shap
   (void)stream;
   (void)extra;
   if (nparam != 3) return kBadArity;
-  for (int i = 0; i < 3; ++i) {
-    if (std::strcmp(dtypes[i], "float32") != 0) return kBadDtype;
-  }
+  if (!AllFloat32(nparam, dtypes)) return kBadDtype;
   if (ndims[0] != 2 || ndims[1] != 3 || ndims[2] != 2) return kBadShape;
   const int64_t m_dim = shapes[0][0], k_dim = shapes[0][1], panels = shapes[1][0], n_dim = shapes[2][1];
   if (shapes[1][1] != k_dim || shapes[1][2] != kPanel || shapes[2][0] != m_dim || n_dim > panels * kPanel ||

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RuntimeConfig
-from .build import KernelUnavailable, Library, fall_back, loaded_library
+from .build import Library, loaded_library, unless_built
 
 SOURCE = Path(__file__).with_name("small_matmul.cpp")
 FUNCTION = "SmallMatMul"
@@ -30,11 +30,7 @@ def resolve_small_matmul(rt: RuntimeConfig) -> RuntimeConfig:
     with `small_matmul_rows: 0` (MindSpore's MatMul everywhere) and a warning saying why."""
     if rt.small_matmul_rows == 0:
         return rt
-    try:
-        library()
-    except KernelUnavailable as e:
-        return fall_back(rt, "small_matmul_rows", 0, "the kernel is unavailable, using 0 (MatMul)", e)
-    return rt
+    return unless_built(rt, "small_matmul_rows", 0, "the kernel is unavailable, using 0 (MatMul)", library)
 
 
 def pack_panels(w: np.ndarray) -> np.ndarray:
