@@ -2,6 +2,7 @@
 // hashes this header too, see build.py).
 #pragma once
 
+#include <immintrin.h>
 #include <sched.h>
 
 #include <cstdint>
@@ -37,7 +38,25 @@ inline void Store(float *p, V v) {
 typedef float F8 __attribute__((vector_size(32)));
 typedef int32_t I8 __attribute__((vector_size(32)));
 
-inline F8 Splat(float x) { return F8{} + x; }
+// Every lane x. (`V{} + x` would cost an add and a shuffle per call: adding +0.0 turns -0.0 into
+// +0.0, so the compiler keeps it; in the matmul tile that halved the FMA rate on AVX2. Subtracting
+// +0.0 changes nothing, so `x - V{}` compiles to a bare broadcast.)
+template <class V = F8>
+inline V Splat(float x) { return x - V{}; }
+
+// a * b + c with one rounding where the CPU has FMA, whatever the compiler decides: left to
+// contraction, GCC's AMD Zen tuning turns some loops' FMA chains into a multiply and an add (seen
+// in the matmul's one-vector tiles), so the same sum would round differently in another tile.
+template <class V>
+inline V MulAdd(V a, V b, V c) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64) return (V)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+#endif
+#if defined(__FMA__)
+  if constexpr (sizeof(V) == 32) return (V)_mm256_fmadd_ps((__m256)a, (__m256)b, (__m256)c);
+#endif
+  return a * b + c;  // no FMA instruction: nothing to contract into
+}
 
 inline float HorizontalSum(F8 v) { return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7])); }
 

@@ -5,9 +5,11 @@
 // rows of 32 floats, [ceil(N / 32), K, 32] (zero columns past N), so every panel is one
 // sequential read. MindSpore's CPU MatMul reads an unpacked [K, N] weight at 6-9 GB/s for 4-16
 // rows on this machine; panels read at 16-22 GB/s (experiments/2026-12-01-decode-kernels).
-// Up to 8 rows make one tile per panel, so W is read once. More rows are computed in tiles of
-// 6 rows x 2 panels, which run near the CPU's peak FMA rate (190-210 GFLOP/s on 2 cores in a C++
-// bench, experiments/2026-12-01-matmul-tiles).
+// Tiles are R rows x NV column vectors (8 floats with AVX2, 16 with AVX-512), sized to keep their
+// accumulators in the CPU's 16 or 32 vector registers. Up to 8 rows go in tiles of all the rows, so
+// every weight is loaded once. More rows are computed in tiles of 6 rows x 2 (AVX2) or 4 (AVX-512)
+// vectors, near the CPU's peak FMA rate (experiments/2026-12-01-matmul-tiles and
+// experiments/2026-12-02-avx2-kernels).
 //
 // Inputs (MindSpore passes inputs then outputs):
 //   0 x    float32 [M, K]
@@ -16,9 +18,10 @@
 // Returns 0, or a nonzero code that MindSpore turns into an exception.
 //
 // Each output element is one fp32 sum over k in order 0..K-1, whatever M, the thread or the
-// panel split: a row's result does not depend on the other rows of the batch.
+// column split (the multiply-adds are explicit FMAs, MulAdd in common.h): a row's result does not
+// depend on the other rows of the batch.
 // Threads: the calling thread and one helper per extra CPU (KernelThreads in common.h), each taking
-// a contiguous range of panel pairs, joined before returning.
+// a contiguous range of column groups (kGroup vectors), joined before returning.
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -29,70 +32,90 @@ namespace {
 
 enum Status : int { kOk = 0, kBadArity = 1, kBadDtype = 2, kBadShape = 3 };
 
+// Vector width and register count of the CPU the library is built for (-march=native): tiles are
+// sized so that their accumulators stay in registers (spilled tiles run ~10x slower).
+#if defined(__AVX512F__)
+constexpr int64_t kWidth = 16, kRegisters = 32;
+#else
+constexpr int64_t kWidth = 8, kRegisters = 16;
+#endif
+typedef float V __attribute__((vector_size(4 * kWidth)));
+
 constexpr int64_t kPanel = 32;
-constexpr int64_t kTileRows = 6;     // rows x 2 panels = 6 x 4 vector accumulators: 24 of the 32 registers
-constexpr int64_t kChunkRows = 96;   // rows whose x (<= 528 KB at K = 1376) stays in L2 across panels
-constexpr int64_t kOneTileRows = 8;  // up to this many rows go in one tile: W is read once
+constexpr int64_t kGroup = 4;        // vectors per thread work unit: the widest tile
+constexpr int64_t kTileRows = 6;     // many-row tiles: 6 rows x kTileVectors accumulators
+constexpr int64_t kTileVectors = kRegisters == 32 ? 4 : 2;
+constexpr int64_t kChunkRows = 96;   // rows whose x (<= 528 KB at K = 1376) stays in L2 across tiles
+constexpr int64_t kOneTileRows = 8;  // up to this many rows, one tile spans all rows: W is read once
 
-typedef float F16 __attribute__((vector_size(64)));
+// Vectors per tile of R <= kOneTileRows rows: as many as fit the registers, at most kGroup.
+constexpr int64_t FewRowsVectors(int64_t r) {
+  const int64_t budget = kRegisters == 32 ? 16 : 12;  // leaves registers for the loads of W
+  return budget / r >= 4 ? 4 : (budget / r >= 2 ? 2 : 1);
+}
 
-// Rows [0, R) of x against panels [p, p + NP): y[r, 32p : 32(p + NP)], clipped to n_dim columns.
-template <int64_t R, int64_t NP>
-void Tile(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t p) {
-  F16 acc[R][2 * NP] = {};
-  const float *panel = w + p * k_dim * kPanel;
+// Rows [0, R) of x against column vectors [v, v + NV) of W (columns kWidth v ..), clipped to n_dim.
+template <int64_t R, int64_t NV>
+void Tile(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t v) {
+  const float *column[NV];
+  for (int64_t j = 0; j < NV; ++j) {
+    const int64_t c = (v + j) * kWidth;  // a vector never crosses a panel: kWidth divides kPanel
+    column[j] = w + (c / kPanel) * k_dim * kPanel + c % kPanel;
+  }
+  V acc[R][NV] = {};
   for (int64_t k = 0; k < k_dim; ++k) {
-    F16 b[2 * NP];
-    for (int64_t j = 0; j < 2 * NP; ++j) b[j] = Load<F16>(panel + (j / 2) * k_dim * kPanel + k * kPanel + 16 * (j % 2));
+    V b[NV];
+    for (int64_t j = 0; j < NV; ++j) b[j] = Load<V>(column[j] + k * kPanel);
     for (int64_t r = 0; r < R; ++r) {
-      const F16 xv = F16{} + x[r * k_dim + k];
-      for (int64_t j = 0; j < 2 * NP; ++j) acc[r][j] += xv * b[j];
+      const V xv = Splat<V>(x[r * k_dim + k]);
+      for (int64_t j = 0; j < NV; ++j) acc[r][j] = MulAdd(xv, b[j], acc[r][j]);
     }
   }
-  const int64_t cols = std::min(NP * kPanel, n_dim - p * kPanel);
+  const int64_t c0 = v * kWidth, cols = std::min(NV * kWidth, n_dim - c0);
   for (int64_t r = 0; r < R; ++r) {
-    float out[NP * kPanel];
-    for (int64_t j = 0; j < 2 * NP; ++j) Store(out + 16 * j, acc[r][j]);
-    std::memcpy(y + r * n_dim + p * kPanel, out, sizeof(float) * cols);
+    float out[NV * kWidth];
+    for (int64_t j = 0; j < NV; ++j) Store(out + kWidth * j, acc[r][j]);
+    std::memcpy(y + r * n_dim + c0, out, sizeof(float) * cols);
   }
 }
 
-// R (<= kOneTileRows) as a template argument.
-template <int64_t NP>
-void TileOf(int64_t rows, const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t p) {
+// Vectors [v0, v1) in tiles of NV, the rest one vector at a time.
+template <int64_t R, int64_t NV>
+void Sweep(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t v0, int64_t v1) {
+  int64_t v = v0;
+  for (; v + NV <= v1; v += NV) Tile<R, NV>(x, w, y, k_dim, n_dim, v);
+  for (; v < v1; ++v) Tile<R, 1>(x, w, y, k_dim, n_dim, v);
+}
+
+// `rows` (1..kOneTileRows) as a template argument; NV < 0 picks FewRowsVectors(rows).
+template <int64_t NV>
+void SweepRows(int64_t rows, const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t v0,
+               int64_t v1) {
   switch (rows) {
-    case 1: return Tile<1, NP>(x, w, y, k_dim, n_dim, p);
-    case 2: return Tile<2, NP>(x, w, y, k_dim, n_dim, p);
-    case 3: return Tile<3, NP>(x, w, y, k_dim, n_dim, p);
-    case 4: return Tile<4, NP>(x, w, y, k_dim, n_dim, p);
-    case 5: return Tile<5, NP>(x, w, y, k_dim, n_dim, p);
-    case 6: return Tile<6, NP>(x, w, y, k_dim, n_dim, p);
-    case 7: return Tile<7, NP>(x, w, y, k_dim, n_dim, p);
-    default: return Tile<8, NP>(x, w, y, k_dim, n_dim, p);
+#define MSLLAMA_ROWS(r) \
+  case r: return Sweep<r, (NV < 0 ? FewRowsVectors(r) : NV)>(x, w, y, k_dim, n_dim, v0, v1);
+    MSLLAMA_ROWS(1) MSLLAMA_ROWS(2) MSLLAMA_ROWS(3) MSLLAMA_ROWS(4)
+    MSLLAMA_ROWS(5) MSLLAMA_ROWS(6) MSLLAMA_ROWS(7) MSLLAMA_ROWS(8)
+#undef MSLLAMA_ROWS
   }
 }
 
-// Panels [p0, p1) for every row. Up to kOneTileRows rows are one tile per panel (the step is bound
-// by reading W). More rows go in chunks of kChunkRows, each swept over the panels in pairs with
-// tiles of kTileRows rows (bound by arithmetic: ~95 % of this CPU's peak FMA rate).
-void Panels(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_dim, int64_t n_dim, int64_t p0,
-            int64_t p1) {
-  if (m_dim <= kOneTileRows) {
-    for (int64_t p = p0; p < p1; ++p) TileOf<1>(m_dim, x, w, y, k_dim, n_dim, p);
-    return;
-  }
+// Column vectors [v0, v1) for every row. Up to kOneTileRows rows are one tile per column group
+// (the step is bound by reading W). More rows go in chunks of kChunkRows, each swept over the
+// columns kTileVectors at a time with tiles of kTileRows rows (bound by arithmetic: ~95 % of the
+// peak FMA rate on an AVX-512 CPU).
+void Columns(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_dim, int64_t n_dim, int64_t v0,
+             int64_t v1) {
+  if (m_dim <= kOneTileRows) return SweepRows<-1>(m_dim, x, w, y, k_dim, n_dim, v0, v1);
   for (int64_t m0 = 0; m0 < m_dim; m0 += kChunkRows) {
     const int64_t m1 = std::min(m_dim, m0 + kChunkRows);
-    int64_t p = p0;
-    for (; p + 2 <= p1; p += 2) {
+    for (int64_t v = v0; v < v1; v += kTileVectors) {
+      const int64_t v_end = std::min(v1, v + kTileVectors);
       int64_t m = m0;
-      for (; m + kTileRows <= m1; m += kTileRows) Tile<kTileRows, 2>(x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, p);
-      if (m < m1) TileOf<2>(m1 - m, x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, p);
-    }
-    if (p < p1) {
-      for (int64_t m = m0; m < m1; m += kTileRows) {
-        TileOf<1>(std::min(kTileRows, m1 - m), x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, p);
+      for (; m + kTileRows <= m1; m += kTileRows) {
+        Sweep<kTileRows, kTileVectors>(x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, v, v_end);
       }
+      if (m < m1) SweepRows<kTileVectors>(m1 - m, x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, v, v_end);
     }
   }
 }
@@ -114,8 +137,9 @@ extern "C" int SmallMatMul(int nparam, void **params, int *ndims, int64_t **shap
   const auto *x = static_cast<const float *>(params[0]);
   const auto *w = static_cast<const float *>(params[1]);
   auto *y = static_cast<float *>(params[2]);
-  ParallelRanges((panels + 1) / 2, KernelThreads(), [=](int64_t q0, int64_t q1) {
-    Panels(x, w, y, m_dim, k_dim, n_dim, 2 * q0, std::min(2 * q1, panels));
+  const int64_t vectors = (n_dim + kWidth - 1) / kWidth;  // padding columns past N are not computed
+  ParallelRanges((vectors + kGroup - 1) / kGroup, KernelThreads(), [=](int64_t g0, int64_t g1) {
+    Columns(x, w, y, m_dim, k_dim, n_dim, kGroup * g0, std::min(kGroup * g1, vectors));
   });
   return kOk;
 }
