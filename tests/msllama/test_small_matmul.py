@@ -2,12 +2,18 @@
 panel packing and the config switch (its fallback without a compiler: test_paged_kernel.py)."""
 from __future__ import annotations
 
+import ctypes
+import os
+import threading
+import time
+
 import numpy as np
 import pytest
 from mindspore import Parameter, Tensor, nn
 
 from msllama.config import ConfigError, RuntimeConfig, parse_predict_config
 from msllama.kernels import pack_panels, small_matmul_op
+from msllama.kernels.small_matmul import FUNCTION, library
 
 
 pytestmark = pytest.mark.usefixtures("kernels_built")
@@ -47,6 +53,58 @@ def test_matches_float64_and_rows_do_not_depend_on_the_batch(k, n):
         assert out.shape == (m, n)
         assert np.abs(out - expected[:m]).max() < 1e-4 * np.sqrt(k)
         np.testing.assert_array_equal(out, outs[203][:m])
+
+
+def _call_directly(x: np.ndarray, panels: np.ndarray, n: int) -> np.ndarray:
+    """The library's entry point through ctypes, as MindSpore calls it (inputs, then the output)."""
+    entry = getattr(ctypes.CDLL(str(library().path)), FUNCTION)
+    y = np.zeros((x.shape[0], n), np.float32)
+    arrays = (x, panels, y)
+    dims = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
+    params = (ctypes.c_void_p * 3)(*(a.ctypes.data for a in arrays))
+    shapes = (ctypes.POINTER(ctypes.c_int64) * 3)(*(ctypes.cast(d, ctypes.POINTER(ctypes.c_int64)) for d in dims))
+    rc = entry(3, params, (ctypes.c_int * 3)(2, 3, 2), shapes, (ctypes.c_char_p * 3)(*[b"float32"] * 3), None, None)
+    assert rc == 0
+    return y
+
+
+def test_helper_threads_serve_concurrent_callers_and_forked_children():
+    # The kernel's helpers are long-lived threads: callers that overlap must not wait on each other
+    # or get each other's ranges, and a child forked after they started has none of them.
+    rng = np.random.default_rng(3)
+    w = rng.standard_normal((512, 1536)).astype(np.float32)
+    xs = [rng.standard_normal((64, 512)).astype(np.float32) for _ in range(4)]
+    panels = pack_panels(w)
+    expected = [Net(w)(Tensor(x)).asnumpy() for x in xs]
+    results: dict[int, list[np.ndarray]] = {}
+
+    def caller(i: int) -> None:
+        results[i] = [_call_directly(xs[i], panels, 1536) for _ in range(20)]
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not any(t.is_alive() for t in threads)
+    for i in range(4):
+        for out in results[i]:
+            np.testing.assert_array_equal(out, expected[i])
+
+    pid = os.fork()
+    if pid == 0:  # the child: exit code 0 only if the kernel still answers, and correctly
+        try:
+            os._exit(0 if np.array_equal(_call_directly(xs[0], panels, 1536), expected[0]) else 1)
+        finally:
+            os._exit(2)
+    deadline = time.monotonic() + 60
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child's kernel call hung")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
 def test_bad_shapes_are_a_clear_error():

@@ -34,8 +34,8 @@
 // turned the V accumulation into gathers. A sequence's result depends only on its own data and
 // length, never on the batch, the bucket width or the thread that computed it.
 //
-// Threads: the calling thread plus helpers started for this call and joined before returning
-// (MSLLAMA_KERNEL_THREADS, default the CPUs this process may use). Not OpenMP: libgomp's workers
+// Threads: the calling thread plus the library's long-lived helpers (HelperPool in common.h;
+// MSLLAMA_KERNEL_THREADS, default the CPUs this process may use). Not OpenMP: libgomp's workers
 // spin after a parallel region and took the cores from MindSpore's next kernels (measured 2x
 // slower steps). Small calls stay on the calling thread. All writes happen before any thread
 // reads, so no row is read while it is written.
@@ -44,10 +44,8 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
-#include <exception>
 #include <memory>
 #include <new>
-#include <thread>
 #include <vector>
 
 #include "common.h"
@@ -282,14 +280,7 @@ int PagedDecodeAttentionImpl(int nparam, void **params, int *ndims, int64_t **sh
       if (rc != kOk) failure.store(rc);
     }
   };
-  std::vector<std::thread> helpers;
-  try {
-    for (int t = 1; t < ThreadCount(rows, items); ++t) helpers.emplace_back(work);
-  } catch (const std::exception &) {
-    // no thread available: the ones started (at least this one) do all the work
-  }
-  work();
-  for (auto &h : helpers) h.join();
+  Helpers().Run(ThreadCount(rows, items), [&](int) { work(); });
   return failure.load();
 }
 

@@ -20,8 +20,8 @@
 // Each output element is one fp32 sum over k in order 0..K-1, whatever M, the thread or the
 // column split (the multiply-adds are explicit FMAs, MulAdd in common.h): a row's result does not
 // depend on the other rows of the batch.
-// Threads: the calling thread and one helper per extra CPU (KernelThreads in common.h), each taking
-// a contiguous range of column groups (kGroup vectors), joined before returning.
+// Threads: the calling thread and the library's helpers (one per extra CPU: KernelThreads and
+// HelperPool in common.h), each taking a contiguous range of column groups (kGroup vectors).
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
