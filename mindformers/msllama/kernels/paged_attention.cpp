@@ -46,7 +46,6 @@
 #include <cstring>
 #include <memory>
 #include <new>
-#include <vector>
 
 #include "common.h"
 

@@ -51,7 +51,7 @@ constexpr int64_t kOneTileRows = 8;  // up to this many rows, one tile spans all
 // Vectors per tile of R <= kOneTileRows rows: as many as fit the registers, at most kGroup.
 constexpr int64_t FewRowsVectors(int64_t r) {
   const int64_t budget = kRegisters == 32 ? 16 : 12;  // leaves registers for the loads of W
-  return budget / r >= 4 ? 4 : (budget / r >= 2 ? 2 : 1);
+  return budget / r >= kGroup ? kGroup : (budget / r >= 2 ? 2 : 1);
 }
 
 // Rows [0, R) of x against column vectors [v, v + NV) of W (columns kWidth v ..), clipped to n_dim.
@@ -100,8 +100,8 @@ void SweepRows(int64_t rows, const float *x, const float *w, float *y, int64_t k
   }
 }
 
-// Column vectors [v0, v1) for every row. Up to kOneTileRows rows are one tile per column group
-// (the step is bound by reading W). More rows go in chunks of kChunkRows, each swept over the
+// Column vectors [v0, v1) for every row. Up to kOneTileRows rows go in tiles of all the rows (the
+// step is bound by reading W). More rows go in chunks of kChunkRows, each swept over the
 // columns kTileVectors at a time with tiles of kTileRows rows (bound by arithmetic: ~95 % of the
 // peak FMA rate on an AVX-512 CPU).
 void Columns(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_dim, int64_t n_dim, int64_t v0,
