@@ -38,9 +38,9 @@ def test_pack_panels_layout():
     assert not p[1, :, 8:].any()
 
 
-# Row counts: one tile of 1-8 rows; tiles of 6 with a remainder; two chunks of 96 rows and a
-# remainder of 11 (6 + 5). Column counts: a partial panel, an odd number of panels (a pair and a
-# single one), whole pairs.
+# Row counts: 1-8 rows in one tile (AVX2: in one to three tiles over each panel); tiles of 6 with a
+# remainder; two chunks of 96 rows and a remainder of 11 (6 + 5). Column counts: a partial panel,
+# an odd number of panels (a pair and a single one), whole pairs.
 @pytest.mark.parametrize("k,n", [(37, 70), (512, 1536), (64, 32), (130, 100)])
 def test_matches_float64_and_rows_do_not_depend_on_the_batch(k, n):
     rng = np.random.default_rng(k)

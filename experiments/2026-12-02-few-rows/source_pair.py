@@ -1,0 +1,57 @@
+"""Decode step times of two versions of the small-batch matmul kernel in one process, their steps
+alternated (the host's speed drifts by 10-30 % between runs): OLD (a copy of an older
+small_matmul.cpp) against the tree's kernels/small_matmul.cpp. Also checks that both give
+bitwise the same logits.
+
+    git show a02ef82:mindformers/msllama/kernels/small_matmul.cpp > /tmp/small_matmul_old.cpp
+    cd mindformers && REPS=20 ../.venv/bin/python ../experiments/2026-12-02-few-rows/source_pair.py \
+        /tmp/small_matmul_old.cpp 1,2,3,4,5,6,7,8
+
+Steps as ../2026-12-01-matmul-tiles/step_pair.py (contexts uniform in [75, 225)); medians of
+REPS (default 16) alternated pairs.
+"""
+import dataclasses
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "2026-12-01-matmul-tiles"))
+sys.path.insert(0, str(HERE.parent / "2026-12-01-decode-kernels"))
+import step_ab as S  # noqa: E402
+import step_pair as P  # noqa: E402
+from msllama.checkpoint import load_weights  # noqa: E402
+from msllama.config import load_predict_config  # noqa: E402
+from msllama.kernels import small_matmul  # noqa: E402
+from msllama.runner import Ladder, ModelRunner  # noqa: E402
+
+
+def main() -> int:
+    old, batches = Path(sys.argv[1]).resolve(), [int(b) for b in sys.argv[2].split(",")]
+    reps = int(os.environ.get("REPS", 16))
+    pc = load_predict_config(S.PREDICT)
+    weights = load_weights(S.CKPT, pc.model)
+    ladder = Ladder(decode_batches=tuple(batches), decode_blocks=(S.WIDTH,), prefill_tokens=(1024,),
+                    prefill_context_factors=(1,), prefill_min_rows=64)
+    rt = dataclasses.replace(pc.runtime, num_blocks=S.BLOCKS, block_size=S.BS, compile_cache="")
+    runners = []
+    for source in (old, small_matmul.SOURCE):
+        small_matmul.SOURCE = source  # each source builds its own library (the name hashes the source)
+        runners.append(ModelRunner(pc.model, rt, weights, ladder))
+    for name, step in P.steps(batches, np.random.default_rng(0)).items():
+        if not name.startswith("decode"):
+            continue
+        same = np.array_equal(*(r.step(step).next_logits for r in runners))
+        ts = [[], []]
+        for _ in range(reps):
+            for i, r in enumerate(runners):
+                ts[i].append(S.timed_ms(r, step))
+        a, b = (float(np.median(t)) for t in ts)
+        print(f"{name}: old {a:.1f} new {b:.1f} ms, old/new {a / b:.2f}; logits bitwise the same: {same}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
