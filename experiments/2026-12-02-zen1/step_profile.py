@@ -1,0 +1,78 @@
+"""Where one decode step's time goes: mindspore.Profiler over REPS decode steps of batch B on the
+bench model, the per-op CPU times summed by op and divided by the steps.
+
+    .venv/bin/python experiments/2026-12-02-zen1/step_profile.py 1,8,128 [OUT, default /tmp/step_profile]
+
+Steps as ../2026-12-01-matmul-tiles/step_pair.py (contexts uniform in [75, 225), scattered blocks);
+REPS (default 5) profiled steps per batch after 3 untimed ones; every batch in its own process so
+one profile never mixes with another.
+"""
+import csv
+import dataclasses
+import glob
+import os
+import subprocess
+import sys
+from collections import defaultdict
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "2026-12-01-matmul-tiles"))
+from step_pair import S, steps  # noqa: E402  (S: ../2026-12-01-decode-kernels/step_ab.py)
+
+
+def profile(batch: int, out: str) -> None:
+    import mindspore as ms
+    from msllama.checkpoint import load_weights
+    from msllama.config import load_predict_config
+    from msllama.runner import Ladder, ModelRunner
+
+    reps = int(os.environ.get("REPS", 5))
+    pc = load_predict_config(S.PREDICT)
+    ladder = Ladder(decode_batches=(batch,), decode_blocks=(S.WIDTH,), prefill_tokens=(1024,),
+                    prefill_context_factors=(1,), prefill_min_rows=64)
+    runner = ModelRunner(pc.model, dataclasses.replace(pc.runtime, num_blocks=S.BLOCKS, block_size=S.BS,
+                                                       compile_cache=""), load_weights(S.CKPT, pc.model), ladder)
+    step = steps([batch], np.random.default_rng(0))[f"decode B={batch}"]
+    for _ in range(3):
+        runner.step(step)
+    prof = ms.Profiler(output_path=out)
+    wall = [S.timed_ms(runner, step) for _ in range(reps)]
+    prof.stop()
+    prof.analyse()
+    print(f"wall per step {np.median(wall):.1f} ms (median of {reps})")
+
+
+def report(batch: int, out: str) -> None:
+    reps = int(os.environ.get("REPS", 5))
+    path = glob.glob(os.path.join(out, "**", "cpu_op_detail_info_0.csv"), recursive=True)[0]
+    per_op: dict[str, float] = defaultdict(float)   # ms over all profiled steps
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            # "Default/model-LlamaModel/layers-CellList/7-DecoderLayer/w2-Linear/Custom-op0" -> "w2-Linear/Custom":
+            # one entry per op of a layer, summed over the layers
+            parts = [p for p in row["full_op_name"].split("/")[2:] if not p.endswith("DecoderLayer")
+                     and p != "layers-CellList"]
+            per_op["/".join(parts[:-1] + [row["op_type"]]) or row["op_type"]] += float(row["op_total_time(ms)"])
+    total = sum(per_op.values())
+    print(f"B={batch}: all ops {total / reps:.1f} ms per step")
+    for name, ms in sorted(per_op.items(), key=lambda kv: -kv[1])[:12]:
+        print(f"  {name:40s} {ms / reps:7.2f} ms")
+
+
+def main() -> int:
+    base = sys.argv[2] if len(sys.argv) > 2 else "/tmp/step_profile"
+    for b in (int(x) for x in sys.argv[1].split(",")):
+        out = os.path.join(base, f"B{b}")
+        if os.environ.get("STEP_PROFILE_CHILD"):
+            profile(b, out)
+            continue
+        subprocess.run([sys.executable, __file__, str(b), base], check=True,
+                       env={**os.environ, "STEP_PROFILE_CHILD": "1"})
+        report(b, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
