@@ -46,7 +46,8 @@ def profile(batch: int, out: str) -> None:
 
 def report(batch: int, out: str) -> None:
     reps = int(os.environ.get("REPS", 5))
-    path = glob.glob(os.path.join(out, "**", "cpu_op_detail_info_0.csv"), recursive=True)[0]
+    # the newest profile: a rerun into the same folder adds one beside the old
+    path = max(glob.glob(os.path.join(out, "**", "cpu_op_detail_info_0.csv"), recursive=True), key=os.path.getmtime)
     per_op: dict[str, float] = defaultdict(float)   # ms over all profiled steps
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
