@@ -22,6 +22,20 @@ from msllama.runner import Ladder, ModelRunner, StepInput  # noqa: E402
 from msllama.sampling import SamplingBatch  # noqa: E402
 
 
+def bench_weights() -> dict:
+    return load_weights(S.CKPT, load_predict_config(S.PREDICT).model)
+
+
+def bench_runner(batches: list[int], weights: dict, **overrides) -> ModelRunner:
+    """The bench model with decode graphs of `batches` rows and one 1024-token prefill graph, its
+    RuntimeConfig changed by `overrides` (compile cache off: every runner compiles its own graphs)."""
+    pc = load_predict_config(S.PREDICT)
+    ladder = Ladder(decode_batches=tuple(batches), decode_blocks=(S.WIDTH,), prefill_tokens=(1024,),
+                    prefill_context_factors=(1,), prefill_min_rows=64)
+    rt = dataclasses.replace(pc.runtime, num_blocks=S.BLOCKS, block_size=S.BS, compile_cache="", **overrides)
+    return ModelRunner(pc.model, rt, weights, ladder)
+
+
 def steps(batches: list[int], rng: np.random.Generator) -> dict[str, StepInput]:
     out = {}
     for b in batches:
@@ -39,12 +53,8 @@ def main() -> int:
     settings = [json.loads(a) for a in sys.argv[1:3]]
     batches = [int(b) for b in sys.argv[3].split(",")]
     reps = int(os.environ.get("REPS", 12))
-    pc = load_predict_config(S.PREDICT)
-    weights = load_weights(S.CKPT, pc.model)
-    ladder = Ladder(decode_batches=tuple(batches), decode_blocks=(S.WIDTH,), prefill_tokens=(1024,),
-                    prefill_context_factors=(1,), prefill_min_rows=64)
-    runners = [ModelRunner(pc.model, dataclasses.replace(pc.runtime, num_blocks=S.BLOCKS, block_size=S.BS,
-                                                         compile_cache="", **o), weights, ladder) for o in settings]
+    weights = bench_weights()
+    runners = [bench_runner(batches, weights, **o) for o in settings]
     print("A", settings[0], "B", settings[1])
     for name, step in steps(batches, np.random.default_rng(0)).items():
         for r in runners:

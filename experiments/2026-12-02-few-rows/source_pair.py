@@ -10,7 +10,6 @@ bitwise the same logits.
 Steps as ../2026-12-01-matmul-tiles/step_pair.py (contexts uniform in [75, 225)); medians of
 REPS (default 16) alternated pairs.
 """
-import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -22,24 +21,17 @@ sys.path.insert(0, str(HERE.parent / "2026-12-01-matmul-tiles"))
 sys.path.insert(0, str(HERE.parent / "2026-12-01-decode-kernels"))
 import step_ab as S  # noqa: E402
 import step_pair as P  # noqa: E402
-from msllama.checkpoint import load_weights  # noqa: E402
-from msllama.config import load_predict_config  # noqa: E402
 from msllama.kernels import small_matmul  # noqa: E402
-from msllama.runner import Ladder, ModelRunner  # noqa: E402
 
 
 def main() -> int:
     old, batches = Path(sys.argv[1]).resolve(), [int(b) for b in sys.argv[2].split(",")]
     reps = int(os.environ.get("REPS", 16))
-    pc = load_predict_config(S.PREDICT)
-    weights = load_weights(S.CKPT, pc.model)
-    ladder = Ladder(decode_batches=tuple(batches), decode_blocks=(S.WIDTH,), prefill_tokens=(1024,),
-                    prefill_context_factors=(1,), prefill_min_rows=64)
-    rt = dataclasses.replace(pc.runtime, num_blocks=S.BLOCKS, block_size=S.BS, compile_cache="")
+    weights = P.bench_weights()
     runners = []
     for source in (old, small_matmul.SOURCE):
         small_matmul.SOURCE = source  # each source builds its own library (the name hashes the source)
-        runners.append(ModelRunner(pc.model, rt, weights, ladder))
+        runners.append(P.bench_runner(batches, weights))
     for name, step in P.steps(batches, np.random.default_rng(0)).items():
         if not name.startswith("decode"):
             continue

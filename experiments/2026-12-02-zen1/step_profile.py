@@ -8,7 +8,6 @@ REPS (default 5) profiled steps per batch after 3 untimed ones; every batch in i
 one profile never mixes with another.
 """
 import csv
-import dataclasses
 import glob
 import os
 import subprocess
@@ -19,21 +18,14 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "2026-12-01-matmul-tiles"))
-from step_pair import S, steps  # noqa: E402  (S: ../2026-12-01-decode-kernels/step_ab.py)
+from step_pair import S, bench_runner, bench_weights, steps  # noqa: E402  (S: ../2026-12-01-decode-kernels/step_ab.py)
 
 
 def profile(batch: int, out: str) -> None:
     import mindspore as ms
-    from msllama.checkpoint import load_weights
-    from msllama.config import load_predict_config
-    from msllama.runner import Ladder, ModelRunner
 
     reps = int(os.environ.get("REPS", 5))
-    pc = load_predict_config(S.PREDICT)
-    ladder = Ladder(decode_batches=(batch,), decode_blocks=(S.WIDTH,), prefill_tokens=(1024,),
-                    prefill_context_factors=(1,), prefill_min_rows=64)
-    runner = ModelRunner(pc.model, dataclasses.replace(pc.runtime, num_blocks=S.BLOCKS, block_size=S.BS,
-                                                       compile_cache=""), load_weights(S.CKPT, pc.model), ladder)
+    runner = bench_runner([batch], bench_weights())
     step = steps([batch], np.random.default_rng(0))[f"decode B={batch}"]
     for _ in range(3):
         runner.step(step)
