@@ -1,15 +1,16 @@
-"""Decode step times of two versions of the small-batch matmul kernel in one process, their steps
-alternated (the host's speed drifts by 10-30 % between runs): OLD (a copy of an older
-small_matmul.cpp) against the tree's kernels/small_matmul.cpp. Also checks that both give
+"""Decode step times of two versions of one kernel in one process, their steps alternated (the
+host's speed drifts by 10-30 % between runs): OLD (a copy of an older source of the kernel
+KERNEL, default small_matmul) against the tree's kernels/KERNEL.cpp. Also checks that both give
 bitwise the same logits.
 
     git show a02ef82:mindformers/msllama/kernels/small_matmul.cpp > /tmp/small_matmul_old.cpp
     cd mindformers && REPS=20 ../.venv/bin/python ../experiments/2026-12-02-few-rows/source_pair.py \
-        /tmp/small_matmul_old.cpp 1,2,3,4,5,6,7,8
+        /tmp/small_matmul_old.cpp 1,2,3,4,5,6,7,8 [KERNEL]
 
 Steps as ../2026-12-01-matmul-tiles/step_pair.py (contexts uniform in [75, 225)); medians of
 REPS (default 16) alternated pairs.
 """
+import importlib
 import os
 import sys
 from pathlib import Path
@@ -21,16 +22,16 @@ sys.path.insert(0, str(HERE.parent / "2026-12-01-matmul-tiles"))
 sys.path.insert(0, str(HERE.parent / "2026-12-01-decode-kernels"))
 import step_ab as S  # noqa: E402
 import step_pair as P  # noqa: E402
-from msllama.kernels import small_matmul  # noqa: E402
 
 
 def main() -> int:
     old, batches = Path(sys.argv[1]).resolve(), [int(b) for b in sys.argv[2].split(",")]
+    kernel = importlib.import_module("msllama.kernels." + (sys.argv[3] if len(sys.argv) > 3 else "small_matmul"))
     reps = int(os.environ.get("REPS", 16))
     weights = P.bench_weights()
     runners = []
-    for source in (old, small_matmul.SOURCE):
-        small_matmul.SOURCE = source  # each source builds its own library (the name hashes the source)
+    for source in (old, kernel.SOURCE):
+        kernel.SOURCE = source  # each source builds its own library (the name hashes the source)
         runners.append(P.bench_runner(batches, weights))
     for name, step in P.steps(batches, np.random.default_rng(0)).items():
         if not name.startswith("decode"):

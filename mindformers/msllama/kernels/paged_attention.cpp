@@ -7,6 +7,9 @@
 // so a block is one contiguous 2 * KVH * BS * D floats (64 KB on the bench model). Reading whole
 // blocks matters more than any arithmetic here: on this machine one thread reads random 4 KB
 // chunks at ~6 GB/s and 32-128 KB chunks at 15-19 GB/s (experiments/2026-12-01-decode-kernels).
+// The hardware prefetcher starts cold at each block; each row read also prefetches the same row
+// of the next block in the table, which took random 32 KB reads from 16 to 18.6 GB/s on a Zen 1
+// host (experiments/2026-12-02-prefetch).
 //
 // Each row b of qkv is one token, at position p = context_lens[b] - 1 of its sequence: its query
 // heads, then its K heads, then its V heads, as the fused QKV projection produces them. First the
@@ -79,6 +82,11 @@ inline float Dot(const float *a, const float *b, int64_t d) {
   return s;
 }
 
+// Ask for the d floats at p ahead of their use (one request per 64-byte line).
+inline void PrefetchRow(const float *p, int64_t d) {
+  for (int64_t i = 0; i < d; i += 16) __builtin_prefetch(p + i);
+}
+
 // a += p * x over d floats
 inline void Axpy(float *a, float p, const float *x, int64_t d) {
   const F8 pv = Splat(p);
@@ -147,8 +155,11 @@ int AttendHeads(const Dims &m, int64_t b, int64_t h0, int64_t hc, const float *q
     for (int64_t h = 0; h < hc; ++h) {
       const float *qh = q + h * g_count * d;
       const float *k_row = Row(m, cache, table[i], 0, h0 + h, 0);
+      // after the last K rows come the first block's V rows (the second pass)
+      const float *k_next = i + 1 < blocks ? Row(m, cache, table[i + 1], 0, h0 + h, 0) : Row(m, cache, table[0], 1, h0 + h, 0);
       float *sh = scores + h * g_count * stride + i * bs;
-      for (int64_t j = 0; j < rows; ++j, k_row += d) {
+      for (int64_t j = 0; j < rows; ++j, k_row += d, k_next += d) {
+        PrefetchRow(k_next, d);
         for (int64_t g = 0; g < g_count; ++g) sh[g * stride + j] = Dot(qh + g * d, k_row, d);
       }
     }
@@ -160,9 +171,11 @@ int AttendHeads(const Dims &m, int64_t b, int64_t h0, int64_t hc, const float *q
     const int64_t rows = std::min(bs, n - i * bs);
     for (int64_t h = 0; h < hc; ++h) {
       const float *v_row = Row(m, cache, table[i], 1, h0 + h, 0);
+      const float *v_next = Row(m, cache, table[i + 1 < blocks ? i + 1 : i], 1, h0 + h, 0);
       const float *sh = scores + h * g_count * stride + i * bs;
       float *ah = acc + h * g_count * d;
-      for (int64_t j = 0; j < rows; ++j, v_row += d) {
+      for (int64_t j = 0; j < rows; ++j, v_row += d, v_next += d) {
+        PrefetchRow(v_next, d);
         for (int64_t g = 0; g < g_count; ++g) Axpy(ah + g * d, sh[g * stride + j], v_row, d);
       }
     }
