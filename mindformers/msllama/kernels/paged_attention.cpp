@@ -8,7 +8,7 @@
 // blocks matters more than any arithmetic here: on this machine one thread reads random 4 KB
 // chunks at ~6 GB/s and 32-128 KB chunks at 15-19 GB/s (experiments/2026-12-01-decode-kernels).
 // The hardware prefetcher starts cold at each block; each row read also prefetches the same row
-// of the next block in the table, which took random 32 KB reads from 16 to 18.6 GB/s on a Zen 1
+// of the next block in the table, which took random 32 KB reads from 15-16 to 18 GB/s on a Zen 1
 // host (experiments/2026-12-02-prefetch).
 //
 // Each row b of qkv is one token, at position p = context_lens[b] - 1 of its sequence: its query
@@ -155,8 +155,9 @@ int AttendHeads(const Dims &m, int64_t b, int64_t h0, int64_t hc, const float *q
     for (int64_t h = 0; h < hc; ++h) {
       const float *qh = q + h * g_count * d;
       const float *k_row = Row(m, cache, table[i], 0, h0 + h, 0);
-      // after the last K rows come the first block's V rows (the second pass)
-      const float *k_next = i + 1 < blocks ? Row(m, cache, table[i + 1], 0, h0 + h, 0) : Row(m, cache, table[0], 1, h0 + h, 0);
+      // after the last block's K rows, the first block's V rows (the second pass) come next
+      const float *k_next =
+          i + 1 < blocks ? Row(m, cache, table[i + 1], 0, h0 + h, 0) : Row(m, cache, table[0], 1, h0 + h, 0);
       float *sh = scores + h * g_count * stride + i * bs;
       for (int64_t j = 0; j < rows; ++j, k_row += d, k_next += d) {
         PrefetchRow(k_next, d);
