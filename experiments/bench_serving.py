@@ -428,7 +428,7 @@ def environment() -> dict:
     return {"nproc": os.cpu_count(), "cpu": cpu, "memory_gib": round(mem_kb / 2 ** 20, 1),
             "platform": platform.platform(), "python": platform.python_version(),
             "packages": {p: _version(p) for p in ("numpy", "mindspore", "torch", "transformers", "gguf",
-                                                  "sentencepiece", "httpx")},
+                                                  "sentencepiece", "uvicorn")},
             "llama_server": llama, "git_commit": git, "git_tracked_changes": bool(dirty),
             "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
 

@@ -189,8 +189,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     progress.bar.close()
     logger.info("All Tasks Done; Exec Time is %s", run.duration)
     summary = summarize(run.records, run.duration)
-    _write_outputs(args, run, summary, {**run_info, "exec_time_s": run.duration})
-    text = format_summary(summary)
+    _write_outputs(args, run, summary, {**run_info, "exec_time_s": run.duration, "client_cpu_s": run.client_cpu_s})
+    text = f"{format_summary(summary)}\n{'Judge CPU while sending (s):':<40}{run.client_cpu_s:.2f}"
     logger.info("summary:\n%s", text)
     print(f"All Tasks Done; Exec Time is {run.duration}\n{text}")
     return 0 if summary.failed == 0 else 1

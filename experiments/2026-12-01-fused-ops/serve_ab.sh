@@ -10,16 +10,8 @@ TREE=$(cd "$1" && pwd); LABEL=$2; OUT=$(realpath "$3"); CONFIG=${4:-experiments/
 PY=$(cd "$(dirname "$0")/../.." && pwd)/.venv/bin/python
 JUDGE=$(cd "$(dirname "$0")/../.." && pwd)/performance_serving
 PORT=8871
-cd "$TREE"
-PYTHONPATH=$TREE/mindformers:$TREE/llm-serving "$PY" llm-serving/examples/start.py --task 1 --config "$CONFIG" \
-    --port $PORT > "/tmp/serve_ab-$LABEL.log" 2>&1 &
-SERVER=$!
-trap 'kill -INT $SERVER 2>/dev/null || true; wait $SERVER || true' EXIT
-for _ in $(seq 1 200); do
-  curl -s "127.0.0.1:$PORT/health" > /dev/null && break
-  kill -0 $SERVER 2> /dev/null || { echo "server failed, see /tmp/serve_ab-$LABEL.log" >&2; exit 1; }
-  sleep 3
-done
+source "$(dirname "$0")/../bench_server.sh"
+start_bench_server "$TREE" "$CONFIG" $PORT "/tmp/serve_ab-$LABEL.log"
 cd "$(mktemp -d)"
 EXEC=$("$PY" "$JUDGE/test_serving_performance.py" -X 100 -T 3 --num-requests 300 -P $PORT --warmup 2 \
        | sed -n 's/.*Exec Time is \([0-9.]*\).*/\1/p')

@@ -1,12 +1,16 @@
-"""The judge's parts without a server: trace building, arrival times, stream parsing, summary math,
-failure recording and the CLI's outputs (against a port nobody listens on)."""
+"""The judge's parts without a model server: trace building, arrival times, stream parsing, summary
+math, its HTTP client against canned answers, failure recording and the CLI's outputs (against a
+port nobody listens on)."""
 from __future__ import annotations
 
 import io
 import json
 import random
 import socket
+import socketserver
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -203,6 +207,82 @@ def test_refused_connection_is_retried_then_recorded_with_its_reason(tiny_tokeni
         assert r.res_time >= 0.03  # 0.01 + 0.02 s of backoff
     assert run.duration >= max(r.res_time for r in run.records)
     assert summarize(run.records, run.duration).retries == 6
+
+
+class _Canned(socketserver.ThreadingTCPServer):
+    """127.0.0.1 server that reads one request and writes fixed bytes (pieces sent apart), then closes."""
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, pieces):
+        self.pieces, self.requests = pieces, []
+        super().__init__(("127.0.0.1", 0), _CannedHandler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _CannedHandler(socketserver.StreamRequestHandler):
+    def handle(self):
+        head = b"".join(iter(self.rfile.readline, b"\r\n"))
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        self.server.requests.append((head, self.rfile.read(length)))
+        for piece in self.server.pieces:
+            self.wfile.write(piece)
+            self.wfile.flush()
+            time.sleep(0.02)  # separate TCP reads, so lines and chunks arrive split
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def _run_canned(tiny_tokenizer, pieces, **kwargs):
+    trace = build_trace(RECORDS, tiny_tokenizer, 1, qps=100.0, seed=0)
+    with _Canned(pieces) as server:
+        run = run_trace(trace, legacy_backend(server.url), **kwargs)
+        server.shutdown()
+    return run.records[0], server.requests
+
+
+def test_client_reads_chunked_lines_split_anywhere_and_posts_the_contest_body(tiny_tokenizer):
+    lines = [_legacy_line(t) for t in ("He", "llo", " you")]
+    body = "\n".join(lines).encode() + b"\n"
+    cut1, cut2 = len(lines[0]) // 2, len(lines[0]) + 1 + len(lines[1])  # mid-line, right after a newline
+    pieces = [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n",
+              _chunk(body[:cut1]), _chunk(body[cut1:cut2]), _chunk(body[cut2:]), b"0\r\n\r\n"]
+    record, requests = _run_canned(tiny_tokenizer, pieces)
+    assert (record.ok, record.error, record.resp_text, record.output_tokens) == (True, None, "Hello you", 3)
+    assert len(record.itl) == 2 and record.first_token_time <= record.res_time
+    (head, sent), = requests
+    assert head.startswith(b"POST /models/llama2/generate_stream HTTP/1.1\r\n") and b"Connection: close" in head
+    params = json.loads(sent)["parameters"]
+    assert params == {"max_new_tokens": record.max_new_tokens, "do_sample": "False", "return_full_text": "True"}
+
+
+def test_client_records_an_error_status_with_its_body_and_does_not_retry(tiny_tokenizer):
+    detail = b'{"error": "inputs: must not be empty"}'
+    pieces = [b"HTTP/1.1 422 Unprocessable Entity\r\nContent-Length: %d\r\n\r\n" % len(detail), detail]
+    record, requests = _run_canned(tiny_tokenizer, pieces)
+    assert not record.ok and record.retries == 0 and len(requests) == 1
+    assert record.error == 'HTTP 422: {"error": "inputs: must not be empty"}'
+
+
+def test_client_records_a_stream_cut_mid_chunk_with_the_tokens_so_far(tiny_tokenizer):
+    line = _legacy_line("a").encode() + b"\n"
+    pieces = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", _chunk(line), b"40\r\n" + line[:10]]
+    record, _ = _run_canned(tiny_tokenizer, pieces)
+    assert not record.ok and record.output_tokens == 1 and record.resp_text == "a"
+    assert record.error.startswith("stream broken: IncompleteReadError")
+
+
+def test_client_retries_a_connection_closed_before_any_answer(tiny_tokenizer):
+    record, requests = _run_canned(tiny_tokenizer, [], max_retries=2, retry_backoff=0.01)
+    assert len(requests) == 3 and record.retries == 2 and not record.ok
+    assert record.error == ("connection failed after 3 attempts: ConnectError: "
+                            "the server closed the connection before answering")
 
 
 def test_output_names_print_qps_as_python_floats():

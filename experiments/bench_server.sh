@@ -1,0 +1,16 @@
+# Sourced by the served A/B scripts: start_bench_server TREE CONFIG PORT LOG starts TREE's server
+# in the background (its pid in $SERVER, stopped with SIGINT on exit) and waits for /health.
+start_bench_server() {
+  local tree=$1 config=$2 port=$3 log=$4
+  local py; py=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv/bin/python
+  (cd "$tree" && PYTHONPATH=$tree/mindformers:$tree/llm-serving exec "$py" llm-serving/examples/start.py \
+      --task 1 --config "$config" --port "$port") > "$log" 2>&1 &
+  SERVER=$!
+  trap 'kill -INT $SERVER 2>/dev/null || true; wait $SERVER || true' EXIT
+  for _ in $(seq 1 200); do
+    curl -s "127.0.0.1:$port/health" > /dev/null && return 0
+    kill -0 $SERVER 2> /dev/null || { echo "server failed, see $log" >&2; exit 1; }
+    sleep 3
+  done
+  echo "server not healthy after 600 s, see $log" >&2; exit 1
+}
