@@ -75,7 +75,7 @@ def openai_backend(base_url: str, model: str) -> Backend:
 class RunResult:
     records: List[RequestRecord]
     duration: float  # s from the first request's start to the last one's end (the contest score)
-    client_cpu_s: float = 0.0  # this process's CPU time while sending: the judge's share of a shared host
+    client_cpu_s: float  # this process's CPU time while sending: the judge's share of a shared host
 
 
 def _record(req: TraceRequest, start: float, elapsed: float, res: StreamResult, retries: int,
@@ -114,6 +114,25 @@ async def _read_body(reader: asyncio.StreamReader, headers: dict) -> AsyncIterat
             yield piece
 
 
+async def _read_head(reader: asyncio.StreamReader) -> Tuple[int, dict]:
+    """The answer's status and lower-cased headers."""
+    try:
+        status_line = await reader.readline()
+    except OSError as exc:
+        raise ConnectError(f"{type(exc).__name__}: {exc}") from None
+    if not status_line:
+        raise ConnectError("the server closed the connection before answering")
+    try:
+        status = int(status_line.split()[1])
+        headers = {}
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip().lower()
+    except (IndexError, ValueError, OSError) as exc:
+        raise StreamError(f"bad answer head ({type(exc).__name__}: {exc}) after {status_line[:60]!r}") from None
+    return status, headers
+
+
 async def _open(url: str, body: bytes) -> Tuple[asyncio.StreamReader, asyncio.StreamWriter, int, dict]:
     """POST `body` to `url`; the reader, writer, status and lower-cased headers of the answer."""
     parts = urlsplit(url)
@@ -126,23 +145,10 @@ async def _open(url: str, body: bytes) -> Tuple[asyncio.StreamReader, asyncio.St
                  f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
                  f"Connection: close\r\n\r\n".encode("latin-1") + body)
     try:
-        status_line = await reader.readline()
-    except OSError as exc:
+        return (reader, writer, *await _read_head(reader))
+    except BaseException:
         writer.close()
-        raise ConnectError(f"{type(exc).__name__}: {exc}") from None
-    if not status_line:
-        writer.close()
-        raise ConnectError("the server closed the connection before answering")
-    try:
-        status = int(status_line.split()[1])
-        headers = {}
-        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip().lower()
-    except (IndexError, ValueError, OSError) as exc:
-        writer.close()
-        raise StreamError(f"bad answer head ({type(exc).__name__}: {exc}) after {status_line[:60]!r}") from None
-    return reader, writer, status, headers
+        raise
 
 
 async def send_request(backend: Backend, req: TraceRequest, t0: float,
