@@ -3,12 +3,16 @@ bench model, the per-op CPU times summed by op and divided by the steps.
 
     .venv/bin/python experiments/2026-12-02-zen1/step_profile.py 1,8,128 [OUT, default /tmp/step_profile]
 
+A batch of "prefill" profiles the 46 x 22-token prefill step instead. SETTINGS (JSON) overrides
+RuntimeConfig fields, e.g. SETTINGS='{"fused_pointwise_rows": 1024}'.
+
 Steps as ../2026-12-01-matmul-tiles/step_pair.py (contexts uniform in [75, 225), scattered blocks);
 REPS (default 5) profiled steps per batch after 3 untimed ones; every batch in its own process so
 one profile never mixes with another.
 """
 import csv
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -21,12 +25,13 @@ sys.path.insert(0, os.path.join(HERE, "..", "2026-12-01-matmul-tiles"))
 from step_pair import S, bench_runner, bench_weights, steps  # noqa: E402  (S: ../2026-12-01-decode-kernels/step_ab.py)
 
 
-def profile(batch: int, out: str) -> None:
+def profile(batch: str, out: str) -> None:
     import mindspore as ms
 
     reps = int(os.environ.get("REPS", 5))
-    runner = bench_runner([batch], bench_weights())
-    step = steps([batch], np.random.default_rng(0))[f"decode B={batch}"]
+    rows = 8 if batch == "prefill" else int(batch)
+    runner = bench_runner([rows], bench_weights(), **json.loads(os.environ.get("SETTINGS", "{}")))
+    step = steps([rows], np.random.default_rng(0))["prefill 46x22" if batch == "prefill" else f"decode B={rows}"]
     for _ in range(3):
         runner.step(step)
     prof = ms.Profiler(output_path=out)
@@ -36,7 +41,7 @@ def profile(batch: int, out: str) -> None:
     print(f"wall per step {np.median(wall):.1f} ms (median of {reps})")
 
 
-def report(batch: int, out: str) -> None:
+def report(batch: str, out: str) -> None:
     reps = int(os.environ.get("REPS", 5))
     # the newest profile: a rerun into the same folder adds one beside the old
     path = max(glob.glob(os.path.join(out, "**", "cpu_op_detail_info_0.csv"), recursive=True), key=os.path.getmtime)
@@ -56,12 +61,12 @@ def report(batch: int, out: str) -> None:
 
 def main() -> int:
     base = sys.argv[2] if len(sys.argv) > 2 else "/tmp/step_profile"
-    for b in (int(x) for x in sys.argv[1].split(",")):
+    for b in sys.argv[1].split(","):
         out = os.path.join(base, f"B{b}")
         if os.environ.get("STEP_PROFILE_CHILD"):
             profile(b, out)
             continue
-        subprocess.run([sys.executable, __file__, str(b), base], check=True,
+        subprocess.run([sys.executable, __file__, b, base], check=True,
                        env={**os.environ, "STEP_PROFILE_CHILD": "1"})
         report(b, out)
     return 0
