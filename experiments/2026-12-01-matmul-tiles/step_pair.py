@@ -49,6 +49,15 @@ def steps(batches: list[int], rng: np.random.Generator) -> dict[str, StepInput]:
     return out
 
 
+def alternated(runners: list[ModelRunner], step: StepInput, reps: int) -> list[list[float]]:
+    """ms of `reps` steps of each runner, the runners taking turns (so both see the same host speed)."""
+    ts: list[list[float]] = [[] for _ in runners]
+    for _ in range(reps):
+        for i, r in enumerate(runners):
+            ts[i].append(S.timed_ms(r, step))
+    return ts
+
+
 def main() -> int:
     settings = [json.loads(a) for a in sys.argv[1:3]]
     batches = [int(b) for b in sys.argv[3].split(",")]
@@ -59,10 +68,7 @@ def main() -> int:
     for name, step in steps(batches, np.random.default_rng(0)).items():
         for r in runners:
             S.timed_ms(r, step)
-        ts = [[], []]
-        for _ in range(reps):
-            for i, r in enumerate(runners):
-                ts[i].append(S.timed_ms(r, step))
+        ts = alternated(runners, step, reps)
         a, b = (float(np.median(t)) for t in ts)
         print(f"{name}: A {a:.1f} (min {min(ts[0]):.1f}) B {b:.1f} (min {min(ts[1]):.1f}) ms, A/B {a / b:.2f}",
               flush=True)

@@ -24,6 +24,14 @@ import step_ab as S  # noqa: E402
 import step_pair as P  # noqa: E402
 
 
+def compare(runners: list, steps: dict, reps: int) -> None:
+    """Print each step's median ms for the old and the new runner and whether their logits agree."""
+    for name, step in steps.items():
+        same = np.array_equal(*(r.step(step).next_logits for r in runners))
+        a, b = (float(np.median(t)) for t in P.alternated(runners, step, reps))
+        print(f"{name}: old {a:.1f} new {b:.1f} ms, old/new {a / b:.2f}; logits bitwise the same: {same}", flush=True)
+
+
 def main() -> int:
     old, batches = Path(sys.argv[1]).resolve(), [int(b) for b in sys.argv[2].split(",")]
     kernel = importlib.import_module("msllama.kernels." + (sys.argv[3] if len(sys.argv) > 3 else "small_matmul"))
@@ -33,16 +41,8 @@ def main() -> int:
     for source in (old, kernel.SOURCE):
         kernel.SOURCE = source  # each source builds its own library (the name hashes the source)
         runners.append(P.bench_runner(batches, weights))
-    for name, step in P.steps(batches, np.random.default_rng(0)).items():
-        if not name.startswith("decode"):
-            continue
-        same = np.array_equal(*(r.step(step).next_logits for r in runners))
-        ts = [[], []]
-        for _ in range(reps):
-            for i, r in enumerate(runners):
-                ts[i].append(S.timed_ms(r, step))
-        a, b = (float(np.median(t)) for t in ts)
-        print(f"{name}: old {a:.1f} new {b:.1f} ms, old/new {a / b:.2f}; logits bitwise the same: {same}", flush=True)
+    compare(runners, {n: s for n, s in P.steps(batches, np.random.default_rng(0)).items() if n.startswith("decode")},
+            reps)
     return 0
 
 
