@@ -8,6 +8,7 @@ sizes. Steps as ../2026-12-01-fused-ops/step_variants.py (contexts uniform in [7
 prefill of 46 prompts x 22); REPS (default 12) alternated pairs per step, medians and minima.
 """
 import dataclasses
+import importlib
 import json
 import os
 import sys
@@ -18,7 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import step_ab as S  # noqa: E402
 from msllama.checkpoint import load_weights  # noqa: E402
 from msllama.config import load_predict_config  # noqa: E402
-from msllama.runner import Ladder, ModelRunner, StepInput  # noqa: E402
+from msllama.runner import ModelRunner, StepInput  # noqa: E402
 from msllama.sampling import SamplingBatch  # noqa: E402
 
 
@@ -26,14 +27,17 @@ def bench_weights() -> dict:
     return load_weights(S.CKPT, load_predict_config(S.PREDICT).model)
 
 
-def bench_runner(batches: list[int], weights: dict, **overrides) -> ModelRunner:
+def bench_runner(batches: list[int], weights: dict, package: str = "msllama", **overrides) -> ModelRunner:
     """The bench model with decode graphs of `batches` rows and one 1024-token prefill graph, its
-    RuntimeConfig changed by `overrides` (compile cache off: every runner compiles its own graphs)."""
-    pc = load_predict_config(S.PREDICT)
-    ladder = Ladder(decode_batches=tuple(batches), decode_blocks=(S.WIDTH,), prefill_tokens=(1024,),
-                    prefill_context_factors=(1,), prefill_min_rows=64)
+    RuntimeConfig changed by `overrides` (compile cache off: every runner compiles its own graphs).
+    `package` names the msllama copy to build it from (another tree's, as ../2026-12-02-zen5/tree_pair.py)."""
+    config = importlib.import_module(package + ".config")
+    runner = importlib.import_module(package + ".runner")
+    pc = config.load_predict_config(S.PREDICT)
+    ladder = runner.Ladder(decode_batches=tuple(batches), decode_blocks=(S.WIDTH,), prefill_tokens=(1024,),
+                           prefill_context_factors=(1,), prefill_min_rows=64)
     rt = dataclasses.replace(pc.runtime, num_blocks=S.BLOCKS, block_size=S.BS, compile_cache="", **overrides)
-    return ModelRunner(pc.model, rt, weights, ladder)
+    return runner.ModelRunner(pc.model, rt, weights, ladder)
 
 
 def steps(batches: list[int], rng: np.random.Generator) -> dict[str, StepInput]:

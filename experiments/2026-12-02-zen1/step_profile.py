@@ -29,7 +29,7 @@ def profile(batch: str, out: str) -> None:
     import mindspore as ms
 
     reps = int(os.environ.get("REPS", 5))
-    rows = 8 if batch == "prefill" else int(batch)
+    rows = 8 if batch == "prefill" else int(batch)   # a prefill runner still needs one decode graph
     runner = bench_runner([rows], bench_weights(), **json.loads(os.environ.get("SETTINGS", "{}")))
     step = steps([rows], np.random.default_rng(0))["prefill 46x22" if batch == "prefill" else f"decode B={rows}"]
     for _ in range(3):

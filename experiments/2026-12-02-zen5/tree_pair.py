@@ -9,7 +9,6 @@ relatively) against this tree's msllama. Also checks that both give bitwise the 
 Steps, weights and ladder as ../2026-12-01-matmul-tiles/step_pair.py; medians of REPS (default
 16) alternated pairs.
 """
-import dataclasses
 import importlib.util
 import os
 import sys
@@ -21,7 +20,6 @@ sys.path.insert(0, os.path.join(HERE, "..", "2026-12-01-matmul-tiles"))
 sys.path.insert(0, os.path.join(HERE, "..", "2026-12-02-few-rows"))
 import step_pair as P  # noqa: E402
 from source_pair import compare  # noqa: E402
-from step_pair import S  # noqa: E402
 
 
 def load_old(tree: str):
@@ -33,22 +31,12 @@ def load_old(tree: str):
     return module
 
 
-def runner(package: str, batches: list[int], weights: dict):
-    config = importlib.import_module(package + ".config")
-    run = importlib.import_module(package + ".runner")
-    pc = config.load_predict_config(S.PREDICT)
-    ladder = run.Ladder(decode_batches=tuple(batches), decode_blocks=(S.WIDTH,), prefill_tokens=(1024,),
-                        prefill_context_factors=(1,), prefill_min_rows=64)
-    rt = dataclasses.replace(pc.runtime, num_blocks=S.BLOCKS, block_size=S.BS, compile_cache="")
-    return run.ModelRunner(pc.model, rt, weights, ladder)
-
-
 def main() -> int:
     load_old(sys.argv[1])
     batches = [int(b) for b in sys.argv[2].split(",")]
     reps = int(os.environ.get("REPS", 16))
     weights = P.bench_weights()
-    runners = [runner(p, batches, weights) for p in ("msllama_old", "msllama")]
+    runners = [P.bench_runner(batches, weights, package=p) for p in ("msllama_old", "msllama")]
     compare(runners, P.steps(batches, np.random.default_rng(0)), reps)
     return 0
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
