@@ -1,9 +1,10 @@
 # Sourced by the served A/B scripts: start_bench_server TREE CONFIG PORT LOG starts TREE's server
 # in the background (its pid in $SERVER, stopped with SIGINT on exit) and waits for /health.
+# EXTRA_PYTHONPATH, if set, goes first on the server's module path.
 start_bench_server() {
   local tree=$1 config=$2 port=$3 log=$4
   local py; py=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv/bin/python
-  (cd "$tree" && PYTHONPATH=$tree/mindformers:$tree/llm-serving exec "$py" llm-serving/examples/start.py \
+  (cd "$tree" && PYTHONPATH=${EXTRA_PYTHONPATH:+$EXTRA_PYTHONPATH:}$tree/mindformers:$tree/llm-serving exec "$py" llm-serving/examples/start.py \
       --task 1 --config "$config" --port "$port") > "$log" 2>&1 &
   SERVER=$!
   trap 'kill -INT $SERVER 2>/dev/null || true; wait $SERVER || true' EXIT

@@ -1,0 +1,46 @@
+#!/bin/bash
+# One served run of the bench trace (N=300, X=100) from this tree, with the CPU seconds each
+# process and agent thread spent while the judge ran, appended to OUT as one line. With HIDE set
+# (e.g. HIDE="uvloop httptools") those modules cannot be imported by the server and its agent,
+# so uvicorn falls back to asyncio and h11 as before they were dependencies. A/B:
+#   for i in 1 2 3; do HIDE="uvloop httptools" experiments/2026-12-03-server-cpu/served_cpu.sh old /tmp/cpu.txt
+#                      experiments/2026-12-03-server-cpu/served_cpu.sh new /tmp/cpu.txt; done
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+LABEL=$1; OUT=$(realpath "$2"); CONFIG=${3:-experiments/configs/llama_bench_tuned.yaml}; PORT=8871
+if [ -n "${HIDE:-}" ]; then
+  EXTRA_PYTHONPATH=$(mktemp -d)
+  for m in $HIDE; do echo "raise ImportError('hidden by served_cpu.sh')" > "$EXTRA_PYTHONPATH/$m.py"; done
+  export EXTRA_PYTHONPATH
+fi
+source experiments/bench_server.sh
+start_bench_server "$ROOT" "$CONFIG" $PORT "/tmp/served_cpu-$LABEL.log"
+AGENT=$(pgrep -f "llm_serving.agent.*--config $ROOT/$CONFIG" | head -1)
+# utime + stime (clock ticks) of every thread of the server and its agent, by "pid comm"
+ticks() { for p in $SERVER $AGENT; do for t in /proc/$p/task/*; do
+  echo "$([ $p = $SERVER ] && echo server || echo agent):$(tr ' ' _ < $t/comm) $(sed 's/.*) //' $t/stat | cut -d' ' -f12,13)"
+done; done; }
+BEFORE=$(ticks)
+JUDGE_OUT=$(cd "$(mktemp -d)" && /usr/bin/time -f "judge_cpu_s %U %S" "$ROOT/.venv/bin/python" \
+            "$ROOT/performance_serving/test_serving_performance.py" -X 100 -T 3 --num-requests 300 -P $PORT --warmup 2 2>&1)
+AFTER=$(ticks)
+EXEC=$(sed -n 's/.*Exec Time is \([0-9.]*\).*/\1/p' <<< "$JUDGE_OUT")
+JUDGE=$(awk '/^judge_cpu_s/ {printf "%.2f", $2 + $3}' <<< "$JUDGE_OUT")
+CPU=$(python3 - "$(getconf CLK_TCK)" "$BEFORE" "$AFTER" <<'PY'
+import collections, sys
+hz = int(sys.argv[1])
+def load(text):
+    d = collections.Counter()
+    for line in text.splitlines():
+        key, u, s = line.split()
+        d[key] += int(u) + int(s)
+    return d
+a, b = load(sys.argv[2]), load(sys.argv[3])
+server = sum(b[k] - a[k] for k in b if k.startswith("server:")) / hz
+agent = {k.split(":", 1)[1]: (b[k] - a[k]) / hz for k in b if k.startswith("agent:")}
+print(f"server {server:.2f} agent {sum(agent.values()):.2f} ("
+      + " ".join(f"{k} {v:.2f}" for k, v in sorted(agent.items(), key=lambda kv: -kv[1]) if v >= 0.05) + ")")
+PY
+)
+echo "$LABEL exec $EXEC judge $JUDGE $CPU" | tee -a "$OUT"
