@@ -3,7 +3,7 @@
 # process and agent thread spent while the judge ran, appended to OUT as one line. With HIDE set
 # (e.g. HIDE="uvloop httptools") those modules cannot be imported by the server and its agent,
 # so uvicorn falls back to asyncio and h11 as before they were dependencies. With METRICS=PREFIX
-# the server's /metrics after the run go to PREFIX-LABEL-<time>.txt; EXTRA_PYTHONPATH (a folder) goes
+# the server's /metrics after the run go to PREFIX-LABEL-<time>.txt and the judge's summary to .json; EXTRA_PYTHONPATH (a folder) goes
 # first on the server's module path (../bench_server.sh). A/B:
 #   for i in 1 2 3; do HIDE="uvloop httptools" experiments/2026-12-03-server-cpu/served_cpu.sh old /tmp/cpu.txt
 #                      experiments/2026-12-03-server-cpu/served_cpu.sh new /tmp/cpu.txt; done
@@ -24,10 +24,14 @@ ticks() { for p in $SERVER $AGENT; do for t in /proc/$p/task/*; do
   echo "$([ $p = $SERVER ] && echo server || echo agent):$(tr ' ' _ < $t/comm) $(sed 's/.*) //' $t/stat | cut -d' ' -f12,13)"
 done; done; }
 BEFORE=$(ticks)
-JUDGE_OUT=$(cd "$(mktemp -d)" && /usr/bin/time -f "judge_cpu_s %U %S" "$ROOT/.venv/bin/python" \
+JDIR=$(mktemp -d)
+JUDGE_OUT=$(cd "$JDIR" && /usr/bin/time -f "judge_cpu_s %U %S" "$ROOT/.venv/bin/python" \
             "$ROOT/performance_serving/test_serving_performance.py" -X 100 -T 3 --num-requests 300 -P $PORT --warmup 2 2>&1)
 AFTER=$(ticks)
-if [ -n "${METRICS:-}" ]; then curl -s "127.0.0.1:$PORT/metrics" > "$METRICS-$LABEL-$(date +%s).txt"; fi
+if [ -n "${METRICS:-}" ]; then
+  STAMP=$(date +%s); curl -s "127.0.0.1:$PORT/metrics" > "$METRICS-$LABEL-$STAMP.txt"
+  cp "$JDIR/summary_100.0_x.json" "$METRICS-$LABEL-$STAMP.json"
+fi
 EXEC=$(sed -n 's/.*Exec Time is \([0-9.]*\).*/\1/p' <<< "$JUDGE_OUT")
 JUDGE=$(awk '/^judge_cpu_s/ {printf "%.2f", $2 + $3}' <<< "$JUDGE_OUT")
 CPU=$(python3 - "$(getconf CLK_TCK)" "$BEFORE" "$AFTER" <<'PY'

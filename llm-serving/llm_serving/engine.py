@@ -2,8 +2,9 @@
 
 HTTP handlers call `submit` (cheap, thread-safe) and iterate the returned handle; everything that
 waits for the model happens on the engine thread. Each loop iteration sends step N to the agents
-first and only then detokenises and delivers step N-1's tokens, so that host work overlaps the
-model's. Tokens reach the asyncio loop in one `call_soon_threadsafe` per step.
+first and only then detokenises and delivers step N-1's tokens, so that host work, the HTTP side's
+included, overlaps the model's. Tokens reach the asyncio loop in one `call_soon_threadsafe` per step
+(and events of a failed step, after it).
 """
 from __future__ import annotations
 
@@ -187,7 +188,9 @@ class AsyncEngine:
             step = self._submit(batch, events, phases) if batch is not None else None
             stalled = batch is None
             t2 = time.perf_counter()
-            self._emit(pending, events)       # overlaps the model step just submitted
+            self._emit(pending, events)       # overlaps the model step just submitted, and so does
+            self._deliver(events)             # the HTTP side's writing of them: not while this thread
+            events = []                       # prepares the next step, which waits for the GIL
             phases["detokenize"] = time.perf_counter() - t2
             pending = []
             if step is not None:
