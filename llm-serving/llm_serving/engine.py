@@ -4,7 +4,7 @@ HTTP handlers call `submit` (cheap, thread-safe) and iterate the returned handle
 waits for the model happens on the engine thread. Each loop iteration sends step N to the agents
 first and only then detokenises and delivers step N-1's tokens, so that host work, the HTTP side's
 included, overlaps the model's. Tokens reach the asyncio loop in one `call_soon_threadsafe` per step
-(and events of a failed step, after it).
+(the events of a step that failed in a second one).
 """
 from __future__ import annotations
 
