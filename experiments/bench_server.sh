@@ -1,6 +1,8 @@
 # Sourced by the served A/B scripts: start_bench_server TREE CONFIG PORT LOG starts TREE's server
 # in the background (its pid in $SERVER, stopped with SIGINT on exit) and waits for /health.
-# EXTRA_PYTHONPATH, if set, goes first on the server's module path.
+# EXTRA_PYTHONPATH, if set, goes first on the server's module path. BENCH_JUDGE_ARGS: the judge's
+# arguments for the bench trace (N=300, X=100, as ../2026-11-22-serving-peers/ANALYSIS.md) but -P.
+BENCH_JUDGE_ARGS=(-X 100 -T 3 --num-requests 300 --warmup 2)
 start_bench_server() {
   local tree=$1 config=$2 port=$3 log=$4
   local py; py=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.venv/bin/python

@@ -14,7 +14,7 @@ PORT=8871
 source "$(dirname "$0")/../bench_server.sh"
 start_bench_server "$TREE" "$CONFIG" $PORT "/tmp/serve_ab-$LABEL.log"
 cd "$(mktemp -d)"
-EXEC=$("$PY" "$JUDGE/test_serving_performance.py" -X 100 -T 3 --num-requests 300 -P $PORT --warmup 2 \
+EXEC=$("$PY" "$JUDGE/test_serving_performance.py" "${BENCH_JUDGE_ARGS[@]}" -P $PORT \
        | sed -n 's/.*Exec Time is \([0-9.]*\).*/\1/p')
 echo "$LABEL $EXEC" | tee -a "$OUT"
 if [ -n "${METRICS:-}" ]; then curl -s "127.0.0.1:$PORT/metrics" > "$METRICS-$LABEL-$(date +%s).txt"; fi

@@ -1,24 +1,28 @@
 #!/bin/bash
-# One served run of the bench trace (N=300, X=100) from this tree, with the CPU seconds each
-# process and agent thread spent while the judge ran, appended to OUT as one line. With HIDE set
-# (e.g. HIDE="uvloop httptools") those modules cannot be imported by the server and its agent,
-# so uvicorn falls back to asyncio and h11 as before they were dependencies. With METRICS=PREFIX
-# the server's /metrics after the run go to PREFIX-LABEL-<time>.txt and the judge's summary to .json; EXTRA_PYTHONPATH (a folder) goes
-# first on the server's module path (../bench_server.sh). A/B:
-#   for i in 1 2 3; do HIDE="uvloop httptools" experiments/2026-12-03-server-cpu/served_cpu.sh old /tmp/cpu.txt
-#                      experiments/2026-12-03-server-cpu/served_cpu.sh new /tmp/cpu.txt; done
+# One served run of the bench trace from the tree TREE, with the CPU seconds each process and
+# agent thread spent while the judge ran, appended to OUT as one line (the judge and the .venv are
+# this tree's, as ../2026-12-01-fused-ops/serve_ab.sh). With HIDE set (e.g. HIDE="uvloop httptools")
+# those modules cannot be imported by the server and its agent, so uvicorn falls back to asyncio and
+# h11 as before they were dependencies. With METRICS=PREFIX the server's /metrics after the run go
+# to PREFIX-LABEL-<time>.txt and the judge's summary to .json. EXTRA_PYTHONPATH (a folder) goes
+# first on the server's module path (../bench_server.sh). A/B of two trees:
+#   git worktree add /tmp/old <rev>; mkdir -p /tmp/old/.cache
+#   for d in bench compile debug; do ln -sfn "$PWD/.cache/$d" /tmp/old/.cache/$d; done
+#   for i in 1 2 3 4; do METRICS=/tmp/m experiments/2026-12-03-server-cpu/served_cpu.sh /tmp/old old /tmp/cpu.txt
+#                        METRICS=/tmp/m experiments/2026-12-03-server-cpu/served_cpu.sh "$PWD" new /tmp/cpu.txt; done
+# A/B of the modules in this tree: HIDE="uvloop httptools" ... "$PWD" old ..., then ... "$PWD" new ...
 set -euo pipefail
+TREE=$(cd "$1" && pwd); LABEL=$2; OUT=$(realpath "$3"); CONFIG=${4:-experiments/configs/llama_bench_tuned.yaml}
 cd "$(dirname "$0")/../.."
-ROOT=$PWD
-LABEL=$1; OUT=$(realpath "$2"); CONFIG=${3:-experiments/configs/llama_bench_tuned.yaml}; PORT=8871
+ROOT=$PWD; PORT=8871
 if [ -n "${HIDE:-}" ]; then
   EXTRA_PYTHONPATH=$(mktemp -d)
   for m in $HIDE; do echo "raise ImportError('hidden by served_cpu.sh')" > "$EXTRA_PYTHONPATH/$m.py"; done
   export EXTRA_PYTHONPATH
 fi
 source experiments/bench_server.sh
-start_bench_server "$ROOT" "$CONFIG" $PORT "/tmp/served_cpu-$LABEL.log"
-AGENT=$(pgrep -f "llm_serving.agent.*--config $ROOT/$CONFIG" | head -1)
+start_bench_server "$TREE" "$CONFIG" $PORT "/tmp/served_cpu-$LABEL.log"
+AGENT=$(pgrep -f "llm_serving.agent.*--config $TREE/$CONFIG" | head -1)
 # utime + stime (clock ticks) of every thread of the server and its agent, by "pid comm"
 ticks() { for p in $SERVER $AGENT; do for t in /proc/$p/task/*; do
   echo "$([ $p = $SERVER ] && echo server || echo agent):$(tr ' ' _ < $t/comm) $(sed 's/.*) //' $t/stat | cut -d' ' -f12,13)"
@@ -26,7 +30,7 @@ done; done; }
 BEFORE=$(ticks)
 JDIR=$(mktemp -d)
 JUDGE_OUT=$(cd "$JDIR" && /usr/bin/time -f "judge_cpu_s %U %S" "$ROOT/.venv/bin/python" \
-            "$ROOT/performance_serving/test_serving_performance.py" -X 100 -T 3 --num-requests 300 -P $PORT --warmup 2 2>&1)
+            "$ROOT/performance_serving/test_serving_performance.py" "${BENCH_JUDGE_ARGS[@]}" -P $PORT 2>&1)
 AFTER=$(ticks)
 if [ -n "${METRICS:-}" ]; then
   STAMP=$(date +%s); curl -s "127.0.0.1:$PORT/metrics" > "$METRICS-$LABEL-$STAMP.txt"
