@@ -90,6 +90,9 @@ ATTENTION_KERNELS = {
 }
 
 
+ALL_ROWS = 1 << 20  # a row limit above any graph's rows
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     device_target: str = "CPU"              # CPU | Ascend
@@ -104,6 +107,10 @@ class RuntimeConfig:
                                             # the linear weights); 0 = off; -1 = auto
     fused_pointwise_rows: int = -1          # graphs of <= this many rows run RMSNorm and SiLU * up as
                                             # one C++ op each (kernels/pointwise.cpp); 0 = off; -1 = auto
+    fused_layer_rows: int = -1              # graphs of <= this many rows run each decoder layer as one C++
+                                            # op (kernels/decode_layer.cpp; needs attention_kernel
+                                            # cpu_paged), and their final norm and LM head as the kernels
+                                            # above; 0 = off; -1 = auto (every graph, ALL_ROWS)
     checkpoint: str = ""                    # mindformers .ckpt file or HF folder; "" = none
     tokenizer: str = ""                     # sentencepiece tokenizer.model
     compile_cache: str = ""                 # folder for MindSpore's persistent graph cache; "" = off
@@ -128,6 +135,12 @@ class RuntimeConfig:
             # measured: experiments/2026-12-01-fused-ops
             object.__setattr__(self, "fused_pointwise_rows", 8 if self.device_target == "CPU" else 0)
         _require("fused_pointwise_rows", self.fused_pointwise_rows >= 0, "must be >= 0 (0 = off) or -1 (auto)")
+        if self.fused_layer_rows == -1:
+            # measured: experiments/2026-12-03-decode-layer
+            object.__setattr__(self, "fused_layer_rows", ALL_ROWS if self.attention_kernel == "cpu_paged" else 0)
+        _require("fused_layer_rows", self.fused_layer_rows >= 0, "must be >= 0 (0 = off) or -1 (auto)")
+        _require("fused_layer_rows", self.fused_layer_rows == 0 or self.attention_kernel == "cpu_paged",
+                 "must be 0 unless attention_kernel is cpu_paged (the layer op runs that kernel)")
         if self.device_target == "CPU":
             _require("compute_dtype", self.compute_dtype == "float32",
                      "must be float32 on CPU (fp16 matmul is slower there, bf16 unsupported)")
@@ -171,7 +184,8 @@ _RENAMED_MODEL_KEYS = {  # mindformers / HF spellings -> LlamaConfig field
     "max_position_embeddings": "seq_length", "rope_theta": "rope_theta",
 }
 _RUNTIME_MODEL_KEYS = {"compute_dtype", "block_size", "num_blocks", "checkpoint_name_or_path",
-                       "attention_kernel", "small_matmul_rows", "fused_pointwise_rows"}
+                       "attention_kernel", "small_matmul_rows", "fused_pointwise_rows",
+                       "fused_layer_rows"}
 _IGNORED_TOP_KEYS = {"seed", "run_mode", "use_parallel", "output_dir", "trainer", "parallel",
                      "moe_config", "auto_trans_ckpt", "src_strategy_path_or_dir", "load_ckpt_format",
                      "infer_precision_sync", "parallel_config", "micro_batch_interleave_num",

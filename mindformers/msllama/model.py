@@ -13,6 +13,8 @@ The graph entry points share one set of Parameters (weights and KV cache):
   embedding, writes the step's K/V rows and reads the cache in place, each sequence only up to
   its own context length. `PagedPrefillStep` runs prefill tokens
   through the same kernel, each token as a query reading its sequence's cache up to itself.
+  With `fused_layer_rows` (the CPU default) both run each whole layer as one C++ op
+  (kernels/decode_layer.cpp) built from the same pieces, bit for bit the per-op layer.
 
 KV cache storage: per layer one flat Parameter `[num_blocks * 2 * kv_heads * block_size, head_dim]`,
 block-major: a block holds the K rows of every KV head, then their V rows, each head's rows
@@ -33,7 +35,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .config import ConfigError, LlamaConfig, RuntimeConfig
-from .kernels import decode_attention_op, pack_panels, resolve_kernels, rms_norm_op, small_matmul_op, swiglu_op
+from .kernels import (decode_attention_op, decode_layer_op, pack_panels, resolve_kernels, rms_norm_op, small_matmul_op,
+                      swiglu_op)
 from .kernels.paged_attention import KERNEL_NAME
 from .weights import EMBEDDING, FINAL_NORM, layer_names, lm_head
 
@@ -60,13 +63,14 @@ class Linear(nn.Cell):
     """y = x @ w with w given [in, out] (MindSpore's CPU MatMul reads that layout 1.5-2.5x faster
     at 16-64 rows than the checkpoints' [out, in] with transpose_b). Graphs of at most
     `small_rows` rows (a static shape) run the small-batch C++ kernel on a panel-packed copy
-    instead: MatMul reads weights at 6-9 GB/s there, the kernel at 16-22."""
+    instead: MatMul reads weights at 6-9 GB/s there, the kernel at 16-22. `packed` keeps that copy
+    for the whole-layer op too."""
 
-    def __init__(self, w: np.ndarray, name: str, dtype: ms.dtype, small_rows: int):
+    def __init__(self, w: np.ndarray, name: str, dtype: ms.dtype, small_rows: int, packed: bool = False):
         super().__init__()
         self.weight = _param(w, name, dtype)
         self.small_rows = small_rows
-        self.panels = _param(pack_panels(w), name + ".panels", dtype) if small_rows else None
+        self.panels = _param(pack_panels(w), name + ".panels", dtype) if small_rows or packed else None
         self.small = small_matmul_op(w.shape[1]) if small_rows else None
         self.matmul = ops.MatMul()
 
@@ -120,11 +124,12 @@ class DecoderLayer(nn.Cell):
         self.attention_norm = RMSNorm(w[n["attention_norm"]], cfg.rms_norm_eps, p + "attention_norm.weight", fused)
         self.ffn_norm = RMSNorm(w[n["ffn_norm"]], cfg.rms_norm_eps, p + "ffn_norm.weight", fused)
         self.swiglu = swiglu_op() if fused else None
-        small = rt.small_matmul_rows
-        self.wqkv = Linear(_t(np.concatenate([w[n["wq"]], w[n["wk"]], w[n["wv"]]])), p + "wqkv", dtype, small)
-        self.wo = Linear(_t(w[n["wo"]]), p + "wo", dtype, small)
-        self.w13 = Linear(_t(np.concatenate([w[n["w1"]], w[n["w3"]]])), p + "w13", dtype, small)
-        self.w2 = Linear(_t(w[n["w2"]]), p + "w2", dtype, small)
+        small, self.layer_rows = rt.small_matmul_rows, rt.fused_layer_rows
+        packed = self.layer_rows > 0
+        self.wqkv = Linear(_t(np.concatenate([w[n["wq"]], w[n["wk"]], w[n["wv"]]])), p + "wqkv", dtype, small, packed)
+        self.wo = Linear(_t(w[n["wo"]]), p + "wo", dtype, small, packed)
+        self.w13 = Linear(_t(np.concatenate([w[n["w1"]], w[n["w3"]]])), p + "w13", dtype, small, packed)
+        self.w2 = Linear(_t(w[n["w2"]]), p + "w2", dtype, small, packed)
         block_rows = 2 * cfg.kv_heads * rt.block_size
         self.kv_cache = _param(np.zeros((rt.num_blocks * block_rows, cfg.head_dim), np.float32), p + "kv_cache", dtype)
         self.block_rows = block_rows
@@ -134,6 +139,8 @@ class DecoderLayer(nn.Cell):
         self.head_offsets = Tensor(np.arange(cfg.kv_heads, dtype=np.int32) * rt.block_size)
         self.paged_kernel = (decode_attention_op(rt.block_size, cfg.num_heads, cfg.kv_heads)
                              if rt.attention_kernel == KERNEL_NAME else None)
+        self.layer_op = decode_layer_op(rt.block_size) if self.layer_rows else None
+        self.head_counts = Tensor(np.array([cfg.num_heads, cfg.kv_heads], np.int32))
 
     def _rope(self, x, cos, sin):
         """x [N, heads, D], cos/sin [N, 1, D]: rotate-half rotary embedding."""
@@ -191,8 +198,13 @@ class DecoderLayer(nn.Cell):
     def decode(self, x, cos, sin, slots, block_tables, k_index, context_lens, bias, use_kernel):
         """x [B, hidden]; block_tables [B, M]; context_lens [B]; for the basic attention (None with
         the kernel) k_index [B, L] cache slots of each sequence's context and bias [B, 1, L].
-        cos/sin: [B, 1, D] rows of the rotary tables, or with the kernel the whole tables."""
+        cos/sin: [B, 1, D] rows of the rotary tables, or with the kernel the whole tables.
+        With the kernel, graphs of at most `fused_layer_rows` rows run the layer as one op."""
         b = x.shape[0]
+        if use_kernel and self.layer_rows and b <= self.layer_rows:
+            return self.layer_op(x, self.attention_norm.weight, self.ffn_norm.weight, self.attention_norm.eps_tensor,
+                                 self.head_counts, self.wqkv.panels, self.wo.panels, self.w13.panels, self.w2.panels,
+                                 self.kv_cache, cos, sin, block_tables, context_lens)
         if use_kernel:
             # rotates q/k, writes k/v at each row's position, then reads the cache up to it, in place
             qkv = self.wqkv(self.attention_norm(x))
@@ -224,8 +236,13 @@ class LlamaModel(nn.Cell):
         self.cfg, self.rt = cfg, rt
         self.embedding = _param(weights[EMBEDDING], EMBEDDING, dtype)
         self.layers = nn.CellList([DecoderLayer(cfg, rt, weights, i, dtype) for i in range(cfg.num_layers)])
-        self.norm_out = RMSNorm(weights[FINAL_NORM], cfg.rms_norm_eps, FINAL_NORM, rt.fused_pointwise_rows)
-        self.lm_head = Linear(_t(lm_head(weights, cfg)), "lm_head.weight", dtype, rt.small_matmul_rows)
+        # After the layer ops the graph has no MindSpore MatMul left to keep its threads busy, and
+        # the C++ norm and panel matmul are the faster ones at any row count there
+        # (experiments/2026-12-03-decode-layer): the tail follows the layers' row limit.
+        tail_norm = max(rt.fused_pointwise_rows, rt.fused_layer_rows)
+        self.norm_out = RMSNorm(weights[FINAL_NORM], cfg.rms_norm_eps, FINAL_NORM, tail_norm)
+        self.lm_head = Linear(_t(lm_head(weights, cfg)), "lm_head.weight", dtype,
+                              max(rt.small_matmul_rows, rt.fused_layer_rows))
         cos, sin = rope_tables(cfg)
         self.cos = _param(cos.astype(np.float32), "rope_cos", dtype)
         self.sin = _param(sin.astype(np.float32), "rope_sin", dtype)

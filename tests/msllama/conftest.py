@@ -38,12 +38,13 @@ def kernels_built():
     """GRAPH_MODE on CPU with the C++ kernel libraries built; skips where they cannot be."""
     import mindspore as ms
 
-    from msllama.kernels import KernelUnavailable, paged_attention, pointwise, small_matmul
+    from msllama.kernels import KernelUnavailable, decode_layer, paged_attention, pointwise, small_matmul
 
     ms.set_context(mode=ms.GRAPH_MODE)
     try:
         paged_attention.library()
         small_matmul.library()
         pointwise.library()
+        decode_layer.library()
     except KernelUnavailable as e:
         pytest.skip(f"the kernels cannot be built here: {e}")

@@ -15,11 +15,12 @@ LADDER = Ladder(decode_batches=(1, 8), decode_blocks=(8, 16), prefill_tokens=(32
                 prefill_context_factors=(1, 2), prefill_min_rows=8)
 
 
-def make_runner(kv_heads: int, num_blocks: int = 96, tied: bool = False) -> tuple[ModelRunner, ReferenceModel]:
+def make_runner(kv_heads: int, num_blocks: int = 96, tied: bool = False, **runtime) -> tuple[ModelRunner, ReferenceModel]:
+    """`runtime`: RuntimeConfig fields other than the defaults (which the tests here run)."""
     cfg = LlamaConfig(vocab_size=32000, hidden_size=128, num_layers=2, num_heads=8, n_kv_heads=kv_heads,
                       intermediate_size=352, seq_length=256, tie_word_embeddings=tied)
     weights = random_weights(cfg, seed=kv_heads)
-    runner = ModelRunner(cfg, RuntimeConfig(num_blocks=num_blocks, block_size=BS), weights, LADDER)
+    runner = ModelRunner(cfg, RuntimeConfig(num_blocks=num_blocks, block_size=BS, **runtime), weights, LADDER)
     runner.warmup()
     return runner, ReferenceModel(cfg, weights)
 

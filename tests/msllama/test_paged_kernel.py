@@ -212,18 +212,19 @@ def test_without_a_compiler_the_model_falls_back_to_basic_ops(tmp_path):
             rt = RuntimeConfig(num_blocks=4, attention_kernel="cpu_paged", small_matmul_rows=8, fused_pointwise_rows=8)
             model = LlamaModel(cfg, rt, random_weights(cfg))
         print(model.rt.attention_kernel, model.layers[0].paged_kernel, model.rt.small_matmul_rows, model.lm_head.small,
-              model.rt.fused_pointwise_rows, model.layers[0].swiglu)
-        for key in ("attention_kernel", "small_matmul_rows", "fused_pointwise_rows"):
+              model.rt.fused_pointwise_rows, model.layers[0].swiglu, model.rt.fused_layer_rows, model.layers[0].layer_op)
+        for key in ("attention_kernel", "small_matmul_rows", "fused_pointwise_rows", "fused_layer_rows"):
             print([str(w.message) for w in caught if f"'{key}'" in str(w.message)])
     """)
     env = {**os.environ, "CXX": "no-such-compiler", "MSLLAMA_KERNEL_CACHE": str(tmp_path / "empty")}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120,
                          check=True).stdout.splitlines()
-    assert out[0] == "basic None 0 None 0 None"
+    assert out[0] == "basic None 0 None 0 None 0 None"
     assert "'cpu_paged' is unavailable, using 'basic'" in out[1]
     assert "C++ compiler 'no-such-compiler' not found on PATH" in out[1]
     assert "'small_matmul_rows': the kernel is unavailable, using 0 (MatMul)" in out[2]
     assert "'fused_pointwise_rows': the kernels are unavailable, using 0 (basic ops)" in out[3]
+    assert "'fused_layer_rows': the kernel is unavailable, using 0 (one op per piece)" in out[4]
 
 
 # ---- the whole model: kernel graphs against basic-op graphs on the same weights and cache ----

@@ -77,7 +77,8 @@ def test_config_switch_and_where_the_model_uses_them():
         RuntimeConfig(device_target="Ascend", compute_dtype="float16", fused_pointwise_rows=8)
     assert parse_predict_config({"model": {"model_config": {"fused_pointwise_rows": 0}}}).runtime.fused_pointwise_rows == 0
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64, seq_length=32)
-    on = LlamaModel(cfg, RuntimeConfig(num_blocks=4, fused_pointwise_rows=4), random_weights(cfg))
-    off = LlamaModel(cfg, RuntimeConfig(num_blocks=4, fused_pointwise_rows=0), random_weights(cfg))
+    # with the per-op layer (the layer op runs its own norms; the final norm then follows it: test_decode_layer.py)
+    on = LlamaModel(cfg, RuntimeConfig(num_blocks=4, fused_pointwise_rows=4, fused_layer_rows=0), random_weights(cfg))
+    off = LlamaModel(cfg, RuntimeConfig(num_blocks=4, fused_pointwise_rows=0, fused_layer_rows=0), random_weights(cfg))
     assert on.layers[0].swiglu is not None and on.norm_out.fused is not None and on.norm_out.fused_rows == 4
     assert off.layers[0].swiglu is None and off.norm_out.fused is None

@@ -1,5 +1,5 @@
 // Shared by the CPU kernels (each is built as its own library with -I this folder; the build key
-// hashes this header too, see build.py).
+// hashes every header of the folder, see build.py).
 #pragma once
 
 #include <immintrin.h>
@@ -19,6 +19,17 @@
 #include <thread>
 
 namespace {
+
+// The kernels' return codes (0 = done); MindSpore raises a nonzero one as a RuntimeError.
+enum Status : int {
+  kOk = 0,
+  kBadArity = 1,   // not the entry point's number of inputs + outputs
+  kBadDtype = 2,
+  kBadShape = 3,   // ranks or sizes inconsistent
+  kBadBlock = 4,   // a block index (within a context) outside [0, NB)
+  kNoMemory = 5,
+  kBadLength = 6,  // a context length outside [1, min(M * BS, S)]
+};
 
 // Whether all of a Custom op's parameters (inputs and outputs) are float32.
 inline bool AllFloat32(int nparam, const char **dtypes) {
@@ -98,7 +109,7 @@ inline int KernelThreads() {
   return sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
 }
 
-// Long-lived helper threads, started on first use and asleep between calls. One per extra CPU is
+// Long-lived helper threads, started on first use and asleep between steps. One per extra CPU is
 // enough: a thread started per call measured 4-9 % slower steps (and up to 1.2x at B=32 with the
 // matmul kernel in every graph, experiments/2026-12-02-avx2-kernels). Each kernel library has its
 // own pool. Never destroyed: its threads outlive static destructors.
@@ -121,7 +132,7 @@ class HelperPool {
     if (helpers > 0) wake_.notify_all();
     task(0);
     for (int t = helpers + 1; t < n; ++t) task(t);
-    if (helpers > 0 && !FinishedWithin(kCallerPoll)) {
+    if (helpers > 0 && !Within(kCallerPoll, [&] { return busy_.load() == 0; })) {
       std::unique_lock<std::mutex> l(mu_);
       finished_.wait(l, [&] { return busy_.load() == 0; });
     }
@@ -130,15 +141,22 @@ class HelperPool {
  private:
   // How long the caller polls for its helpers before it sleeps. Waking a sleeping thread took
   // ~30 us on a 2-vCPU VM, and a sleeping caller made every call ~65 us longer than its work
-  // (experiments/2026-12-02-zen5); the caller has nothing else to do meanwhile. Helpers do not
-  // poll: they would take the core from MindSpore's own threads between calls.
+  // (experiments/2026-12-02-zen5); the caller has nothing else to do meanwhile.
   static constexpr std::chrono::microseconds kCallerPoll{200};
+  // How long a helper polls for the next call before it sleeps. A layer op makes ~5 calls back to
+  // back and the next layer's op starts microseconds later; polling made decode steps of 1-16 rows
+  // 7-19 % faster than a wake-up per call (experiments/2026-12-03-decode-layer). Between steps the
+  // helper soon sleeps. In graphs of one op per piece it takes the core from MindSpore's MatMul
+  // for up to this long.
+  static constexpr std::chrono::microseconds kHelperPoll{100};
 
-  bool FinishedWithin(std::chrono::microseconds limit) const {
+  // Whether done() holds within `limit`: polled with pauses, the clock read every 64 polls.
+  template <class Done>
+  static bool Within(std::chrono::microseconds limit, Done done) {
     const auto end = std::chrono::steady_clock::now() + limit;
     for (;;) {
       for (int i = 0; i < 64; ++i) {
-        if (busy_.load() == 0) return true;
+        if (done()) return true;
         _mm_pause();
       }
       if (std::chrono::steady_clock::now() >= end) return false;
@@ -155,10 +173,15 @@ class HelperPool {
 
   void Serve(int i) {
     uint64_t seen = 0;
-    std::unique_lock<std::mutex> l(mu_);
     for (;;) {
-      wake_.wait(l, [&] { return generation_ != seen; });
-      seen = generation_;
+      std::unique_lock<std::mutex> l(mu_);
+      if (generation_.load() == seen) {
+        l.unlock();
+        const bool called = Within(kHelperPoll, [&] { return generation_.load() != seen; });
+        l.lock();
+        if (!called) wake_.wait(l, [&] { return generation_.load() != seen; });
+      }
+      seen = generation_.load();
       if (i >= active_) continue;
       const std::function<void(int)> *task = task_;
       l.unlock();
@@ -171,7 +194,7 @@ class HelperPool {
   std::mutex call_mu_, mu_;
   std::condition_variable wake_, finished_;
   const std::function<void(int)> *task_ = nullptr;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};
   int size_ = 0, active_ = 0;
   std::atomic<int> busy_{0};  // helpers still working on this call; polled by the caller
 };

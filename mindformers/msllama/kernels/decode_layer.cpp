@@ -1,0 +1,148 @@
+// One whole Llama decoder layer of a decode step for MindSpore's CPU `Custom(func_type="aot")` op:
+//   h   = x + Wo . attention(rope(Wqkv . rmsnorm(x, attention_norm)))   (the paged cache, attention.h)
+//   out = h + W2 . silu_times_up(W13 . rmsnorm(h, ffn_norm))
+// The same pieces as the per-op graph (matmul.h, attention.h, rows.h) in the same order, so each
+// row's result is bit for bit the one of the small-batch ops. One op instead of the 11 MindSpore
+// launches of the per-op layer: on 2 vCPUs a launch costs ~10-15 us whatever its size, and a
+// small decode step was mostly launches (experiments/2026-12-03-decode-layer).
+//
+// Inputs (MindSpore passes inputs then outputs):
+//   0 x               float32 [B, H]
+//   1 attention_norm  float32 [H]
+//   2 ffn_norm        float32 [H]
+//   3 eps             float32 [1]
+//   4 heads           int32   [2]             query heads, KV heads (D = H / query heads)
+//   5 wqkv            float32 [Pq, H, 32]     panel-packed weights (matmul.h), N = (heads + 2 KVH) D
+//   6 wo              float32 [Po, H, 32]     N = H
+//   7 w13             float32 [P13, H, 32]    N = 2 F (gate then up)
+//   8 w2              float32 [P2, F, 32]     N = H
+//   9 kv_cache        float32 [NB * 2 * KVH * BS, D], written in place
+//  10 rope_cos        float32 [S, D]
+//  11 rope_sin        float32 [S, D]
+//  12 block_tables    int32   [B, M]
+//  13 context_lens    int32   [B]
+//  14 out             float32 [B, H]
+// Returns 0, or a nonzero code that MindSpore turns into an exception (Status in common.h).
+//
+// Threads: each matmul and the attention split their work over the calling thread and the
+// helpers as the separate ops do; the row-wise parts split rows once a call has enough of them.
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "attention.h"
+#include "common.h"
+#include "matmul.h"
+#include "rows.h"
+
+namespace {
+
+constexpr int kParams = 15;
+constexpr int64_t kFloatsPerThread = 32768;  // row-wise work below this stays on the calling thread
+
+// fn(r) for rows [0, n) of `width` floats each.
+template <class F>
+void ForRows(int64_t n, int64_t width, F fn) {
+  const int64_t threads = std::min<int64_t>(KernelThreads(), 1 + n * width / kFloatsPerThread);
+  ParallelRanges(n, threads, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) fn(r);
+  });
+}
+
+// The panel count a weight of n columns needs.
+int64_t Panels(int64_t n) { return (n + kPanel - 1) / kPanel; }
+
+struct LayerDims {
+  Dims attn;
+  int64_t hidden, ffn;
+};
+
+int CheckArgs(int nparam, int *ndims, int64_t **shapes, const char **dtypes, const int32_t *heads, LayerDims *l) {
+  if (nparam != kParams) return kBadArity;
+  for (int i = 0; i < kParams; ++i) {
+    const bool integer = i == 4 || i == 12 || i == 13;
+    if (std::strcmp(dtypes[i], integer ? "int32" : "float32") != 0) return kBadDtype;
+  }
+  const int want_ndims[kParams] = {2, 1, 1, 1, 1, 3, 3, 3, 3, 2, 2, 2, 2, 1, 2};
+  for (int i = 0; i < kParams; ++i) {
+    if (ndims[i] != want_ndims[i]) return kBadShape;
+  }
+  const int64_t b = shapes[0][0], h = shapes[0][1], d = shapes[10][1];
+  if (shapes[4][0] != 2 || heads[0] <= 0 || heads[1] <= 0 || heads[0] % heads[1] != 0 || heads[0] > kMaxHeads ||
+      d <= 0 || d % 2 != 0 || heads[0] * d != h) {
+    return kBadShape;
+  }
+  l->hidden = h;
+  l->ffn = shapes[8][1];
+  l->attn = Dims{b, heads[1], heads[0] / heads[1], d, 0, 0, shapes[12][1], shapes[10][0]};
+  const Dims &m = l->attn;
+  if (shapes[1][0] != h || shapes[2][0] != h || shapes[3][0] != 1 || shapes[14][0] != b || shapes[14][1] != h) {
+    return kBadShape;
+  }
+  const int64_t weights[4][3] = {{5, m.qkv_floats(), h}, {6, h, h}, {7, 2 * l->ffn, h}, {8, h, l->ffn}};
+  for (const auto &w : weights) {  // {input, N, K}
+    const int64_t *s = shapes[w[0]];
+    if (s[0] != Panels(w[1]) || s[1] != w[2] || s[2] != kPanel) return kBadShape;
+  }
+  if (shapes[9][1] != d || shapes[11][0] != m.positions || shapes[11][1] != d) return kBadShape;
+  if (shapes[12][0] != b || shapes[13][0] != b || m.width <= 0) return kBadShape;
+  return kOk;
+}
+
+// Scratch of the calling thread (MindSpore's kernel thread), grown to the largest step seen.
+float *Buffer(std::vector<float> &v, int64_t floats) {
+  if (static_cast<int64_t>(v.size()) < floats) v.resize(floats);
+  return v.data();
+}
+
+template <int64_t kBlockSize>
+int DecodeLayerImpl(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+  if (nparam != kParams) return kBadArity;
+  LayerDims l{};
+  int status = CheckArgs(nparam, ndims, shapes, dtypes, static_cast<const int32_t *>(params[4]), &l);
+  if (status != kOk) return status;
+  Dims &m = l.attn;
+  m.block_size = kBlockSize;
+  if (shapes[9][0] % (2 * m.kv_heads * kBlockSize) != 0) return kBadShape;
+  m.num_blocks = shapes[9][0] / (2 * m.kv_heads * kBlockSize);
+  const auto in = [&](int i) { return static_cast<const float *>(params[i]); };
+  const int64_t b = m.batch, h = l.hidden, f = l.ffn;
+  const float eps = *in(3);
+  auto *out = static_cast<float *>(params[14]);
+
+  static thread_local std::vector<float> normed_v, qkv_v, attn_v, gate_up_v, act_v;
+  float *normed = Buffer(normed_v, b * h), *qkv = Buffer(qkv_v, b * m.qkv_floats()), *attn = Buffer(attn_v, b * h);
+  float *gate_up = Buffer(gate_up_v, b * 2 * f), *act = Buffer(act_v, b * f);
+
+  ForRows(b, h, [&](int64_t r) { NormRow(in(0) + r * h, in(1), eps, h, normed + r * h); });
+  PanelMatMul(normed, in(5), qkv, b, h, m.qkv_floats());
+  status = PagedAttention(m, qkv, static_cast<float *>(params[9]), in(10), in(11),
+                          static_cast<const int32_t *>(params[12]), static_cast<const int32_t *>(params[13]), attn);
+  if (status != kOk) return status;
+  PanelMatMul(attn, in(6), out, b, h, h);
+  ForRows(b, h, [&](int64_t r) {
+    for (int64_t i = r * h; i < (r + 1) * h; ++i) out[i] = in(0)[i] + out[i];
+    NormRow(out + r * h, in(2), eps, h, normed + r * h);
+  });
+  PanelMatMul(normed, in(7), gate_up, b, h, 2 * f);
+  ForRows(b, f, [&](int64_t r) { SwiGluRow(gate_up + r * 2 * f, gate_up + r * 2 * f + f, f, act + r * f); });
+  PanelMatMul(act, in(8), attn, b, f, h);  // attn is free again: it takes W2's product
+  for (int64_t i = 0; i < b * h; ++i) out[i] += attn[i];
+  return kOk;
+}
+
+}  // namespace
+
+#define MSLLAMA_DECODE_LAYER(BS)                                                                                    \
+  extern "C" int DecodeLayerBS##BS(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, \
+                                   void *stream, void *extra) {                                                   \
+    (void)stream;                                                                                                 \
+    (void)extra;                                                                                                  \
+    return DecodeLayerImpl<BS>(nparam, params, ndims, shapes, dtypes);                                            \
+  }
+// keep in step with BLOCK_SIZES in paged_attention.py
+MSLLAMA_DECODE_LAYER(8)
+MSLLAMA_DECODE_LAYER(16)
+MSLLAMA_DECODE_LAYER(32)
+MSLLAMA_DECODE_LAYER(64)
+MSLLAMA_DECODE_LAYER(128)
