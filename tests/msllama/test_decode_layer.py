@@ -101,7 +101,8 @@ def test_bad_input_is_a_clear_error():
 
     fails(ValueError, r"input 'heads': must be \[2\] \(query heads, KV heads\)", heads=Tensor(np.array([2], np.int32)))
     fails(ValueError, "input 'heads': must be Int32", heads=Tensor(np.array([2, 1], np.int64)))
-    fails(ValueError, r"input 'w13': must be panels \[3, 32, 32\]", w13=Tensor(pack_panels(np.ones((32, 128), np.float32))))
+    fails(ValueError, r"input 'w13': must be panels \[3, 32, 32\]",
+          w13=Tensor(pack_panels(np.ones((32, 128), np.float32))))
     fails(ValueError, r"input 'eps': must be \[1\]", eps=ones(2))
     fails(ValueError, r"input 'context_lens': must be \[B\] = \[1\]", context_lens=Tensor(np.array([3, 3], np.int32)))
     # only the run time knows: heads that do not fit the shapes (3), a block outside the cache (4),

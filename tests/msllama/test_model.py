@@ -15,7 +15,8 @@ LADDER = Ladder(decode_batches=(1, 8), decode_blocks=(8, 16), prefill_tokens=(32
                 prefill_context_factors=(1, 2), prefill_min_rows=8)
 
 
-def make_runner(kv_heads: int, num_blocks: int = 96, tied: bool = False, **runtime) -> tuple[ModelRunner, ReferenceModel]:
+def make_runner(kv_heads: int, num_blocks: int = 96, tied: bool = False,
+                **runtime) -> tuple[ModelRunner, ReferenceModel]:
     """`runtime`: RuntimeConfig fields other than the defaults (which the tests here run)."""
     cfg = LlamaConfig(vocab_size=32000, hidden_size=128, num_layers=2, num_heads=8, n_kv_heads=kv_heads,
                       intermediate_size=352, seq_length=256, tie_word_embeddings=tied)

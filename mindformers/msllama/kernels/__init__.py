@@ -12,8 +12,8 @@ from .paged_attention import decode_attention_op, resolve_attention_kernel
 from .pointwise import resolve_pointwise, rms_norm_op, swiglu_op
 from .small_matmul import pack_panels, resolve_small_matmul, small_matmul_op
 
-__all__ = ["KernelUnavailable", "decode_attention_op", "decode_layer_op", "graph_fingerprint", "pack_panels", "resolve_kernels",
-           "rms_norm_op", "small_matmul_op", "swiglu_op"]
+__all__ = ["KernelUnavailable", "decode_attention_op", "decode_layer_op", "graph_fingerprint", "pack_panels",
+           "resolve_kernels", "rms_norm_op", "small_matmul_op", "swiglu_op"]
 
 
 def resolve_kernels(rt: RuntimeConfig) -> RuntimeConfig:

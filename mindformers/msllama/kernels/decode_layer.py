@@ -13,8 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RuntimeConfig
-from .build import KernelUnavailable, Library, loaded_library, unless_built
 from . import paged_attention
+from .build import KernelUnavailable, Library, loaded_library, unless_built
 from .paged_attention import BLOCK_SIZES
 from .small_matmul import PANEL
 
