@@ -111,7 +111,20 @@ struct Dims {
   int64_t block_floats() const { return 2 * kv_heads * block_size * head_dim; }
   int64_t q_floats() const { return kv_heads * group * head_dim; }
   int64_t qkv_floats() const { return q_floats() + 2 * kv_heads * head_dim; }
+  bool heads_valid() const {
+    return kv_heads > 0 && group > 0 && kv_heads * group <= kMaxHeads && head_dim > 0 && head_dim % 2 == 0;
+  }
+  // Sets block_size and num_blocks from a cache of `rows` rows; false if that is no whole number of blocks.
+  bool set_cache(int64_t rows, int64_t bs) {
+    block_size = bs;
+    num_blocks = rows / (2 * kv_heads * bs);
+    return rows % (2 * kv_heads * bs) == 0;
+  }
 };
+
+// The block sizes with an entry point (the cache is 2-D, as scatter_update needs, so its shape does
+// not carry the block size): X(BS) once for each. Keep in step with BLOCK_SIZES in paged_attention.py.
+#define MSLLAMA_FOR_BLOCK_SIZES(X) X(8) X(16) X(32) X(64) X(128)
 
 // dst = rotate-half rotary embedding of x (d floats, d even) with table rows c, s, times scale.
 inline void Rotate(float *dst, const float *x, const float *c, const float *s, int64_t d, float scale) {

@@ -142,3 +142,11 @@ def unless_built(rt: Any, key: str, value: Any, what: str, build: Callable[[], o
         warnings.warn(f"config key '{key}': {what} instead: {e}", RuntimeWarning, stacklevel=3)
         return dataclasses.replace(rt, **{key: value})
     return rt
+
+
+def element_type(dtype: Any) -> Any:
+    """The element type of a dtype that a Custom op's infer function receives (a TensorType or
+    already the element type)."""
+    import mindspore as ms
+
+    return dtype.element_type() if isinstance(dtype, ms.TensorType) else dtype

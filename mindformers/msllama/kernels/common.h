@@ -31,10 +31,12 @@ enum Status : int {
   kBadLength = 6,  // a context length outside [1, min(M * BS, S)]
 };
 
+inline bool IsType(const char *dtype, const char *want) { return std::strcmp(dtype, want) == 0; }
+
 // Whether all of a Custom op's parameters (inputs and outputs) are float32.
 inline bool AllFloat32(int nparam, const char **dtypes) {
   for (int i = 0; i < nparam; ++i) {
-    if (std::strcmp(dtypes[i], "float32") != 0) return false;
+    if (!IsType(dtypes[i], "float32")) return false;
   }
   return true;
 }

@@ -26,8 +26,8 @@
 //
 // Threads: each matmul and the attention split their work over the calling thread and the
 // helpers as the separate ops do; the row-wise parts split rows once a call has enough of them.
+#include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <vector>
 
 #include "attention.h"
@@ -57,25 +57,25 @@ struct LayerDims {
   int64_t hidden, ffn;
 };
 
-int CheckArgs(int nparam, int *ndims, int64_t **shapes, const char **dtypes, const int32_t *heads, LayerDims *l) {
+int CheckArgs(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes, LayerDims *l) {
   if (nparam != kParams) return kBadArity;
   for (int i = 0; i < kParams; ++i) {
     const bool integer = i == 4 || i == 12 || i == 13;
-    if (std::strcmp(dtypes[i], integer ? "int32" : "float32") != 0) return kBadDtype;
+    if (!IsType(dtypes[i], integer ? "int32" : "float32")) return kBadDtype;
   }
   const int want_ndims[kParams] = {2, 1, 1, 1, 1, 3, 3, 3, 3, 2, 2, 2, 2, 1, 2};
   for (int i = 0; i < kParams; ++i) {
     if (ndims[i] != want_ndims[i]) return kBadShape;
   }
+  if (shapes[4][0] != 2) return kBadShape;
+  const auto *heads = static_cast<const int32_t *>(params[4]);
   const int64_t b = shapes[0][0], h = shapes[0][1], d = shapes[10][1];
-  if (shapes[4][0] != 2 || heads[0] <= 0 || heads[1] <= 0 || heads[0] % heads[1] != 0 || heads[0] > kMaxHeads ||
-      d <= 0 || d % 2 != 0 || heads[0] * d != h) {
-    return kBadShape;
-  }
+  if (heads[1] <= 0 || heads[0] % heads[1] != 0) return kBadShape;
   l->hidden = h;
   l->ffn = shapes[8][1];
   l->attn = Dims{b, heads[1], heads[0] / heads[1], d, 0, 0, shapes[12][1], shapes[10][0]};
   const Dims &m = l->attn;
+  if (!m.heads_valid() || heads[0] * d != h) return kBadShape;
   if (shapes[1][0] != h || shapes[2][0] != h || shapes[3][0] != 1 || shapes[14][0] != b || shapes[14][1] != h) {
     return kBadShape;
   }
@@ -95,16 +95,12 @@ float *Buffer(std::vector<float> &v, int64_t floats) {
   return v.data();
 }
 
-template <int64_t kBlockSize>
-int DecodeLayerImpl(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
-  if (nparam != kParams) return kBadArity;
+int DecodeLayerImpl(int64_t block_size, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   LayerDims l{};
-  int status = CheckArgs(nparam, ndims, shapes, dtypes, static_cast<const int32_t *>(params[4]), &l);
+  int status = CheckArgs(nparam, params, ndims, shapes, dtypes, &l);
   if (status != kOk) return status;
   Dims &m = l.attn;
-  m.block_size = kBlockSize;
-  if (shapes[9][0] % (2 * m.kv_heads * kBlockSize) != 0) return kBadShape;
-  m.num_blocks = shapes[9][0] / (2 * m.kv_heads * kBlockSize);
+  if (!m.set_cache(shapes[9][0], block_size)) return kBadShape;
   const auto in = [&](int i) { return static_cast<const float *>(params[i]); };
   const int64_t b = m.batch, h = l.hidden, f = l.ffn;
   const float eps = *in(3);
@@ -138,11 +134,6 @@ int DecodeLayerImpl(int nparam, void **params, int *ndims, int64_t **shapes, con
                                    void *stream, void *extra) {                                                   \
     (void)stream;                                                                                                 \
     (void)extra;                                                                                                  \
-    return DecodeLayerImpl<BS>(nparam, params, ndims, shapes, dtypes);                                            \
+    return DecodeLayerImpl(BS, nparam, params, ndims, shapes, dtypes);                                            \
   }
-// keep in step with BLOCK_SIZES in paged_attention.py
-MSLLAMA_DECODE_LAYER(8)
-MSLLAMA_DECODE_LAYER(16)
-MSLLAMA_DECODE_LAYER(32)
-MSLLAMA_DECODE_LAYER(64)
-MSLLAMA_DECODE_LAYER(128)
+MSLLAMA_FOR_BLOCK_SIZES(MSLLAMA_DECODE_LAYER)

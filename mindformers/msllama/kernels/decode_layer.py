@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..config import RuntimeConfig
 from . import paged_attention
-from .build import KernelUnavailable, Library, loaded_library, unless_built
+from .build import KernelUnavailable, Library, element_type, loaded_library, unless_built
 from .paged_attention import BLOCK_SIZES
 from .small_matmul import PANEL
 
@@ -85,7 +85,7 @@ def _infer_dtype(x, attention_norm, ffn_norm, eps, heads, wqkv, wo, w13, w2, kv_
                  block_tables=block_tables, context_lens=context_lens)
     for name, dtype in named.items():
         want = ms.int32 if name in ("heads", "block_tables", "context_lens") else ms.float32
-        element = dtype.element_type() if isinstance(dtype, ms.TensorType) else dtype
+        element = element_type(dtype)
         if element != want:
             raise ValueError(f"decode layer input '{name}': must be {want}, got {element}")
     return x

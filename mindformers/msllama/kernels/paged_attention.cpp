@@ -11,14 +11,11 @@
 //   6 out          float32 [B, KVH, G, D]
 // Returns 0, or a nonzero code that MindSpore turns into an exception (Status in common.h).
 #include <cstdint>
-#include <cstring>
 
 #include "attention.h"
 #include "common.h"
 
 namespace {
-
-bool IsType(const char *dtype, const char *want) { return std::strcmp(dtype, want) == 0; }
 
 int CheckArgs(int nparam, int *ndims, int64_t **shapes, const char **dtypes, Dims *m) {
   if (nparam != 7) return kBadArity;
@@ -32,10 +29,7 @@ int CheckArgs(int nparam, int *ndims, int64_t **shapes, const char **dtypes, Dim
   }
   const int64_t *o = shapes[6];
   *m = Dims{o[0], o[1], o[2], o[3], 0, 0, shapes[4][1], shapes[2][0]};
-  if (m->kv_heads <= 0 || m->group <= 0 || m->kv_heads * m->group > kMaxHeads || m->head_dim <= 0 ||
-      m->head_dim % 2 != 0) {
-    return kBadShape;
-  }
+  if (!m->heads_valid()) return kBadShape;
   if (shapes[0][0] != m->batch || shapes[0][1] != m->qkv_floats() || shapes[1][1] != m->head_dim) return kBadShape;
   for (int i : {2, 3}) {
     if (shapes[i][0] != m->positions || shapes[i][1] != m->head_dim) return kBadShape;
@@ -44,16 +38,12 @@ int CheckArgs(int nparam, int *ndims, int64_t **shapes, const char **dtypes, Dim
   return kOk;
 }
 
-// The block size is the one dimension the inputs' shapes do not carry (the cache is 2-D, as
-// scatter_update needs), so there is one entry point per supported block size.
-template <int64_t kBlockSize>
-int PagedDecodeAttentionImpl(int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
+int PagedDecodeAttentionImpl(int64_t block_size, int nparam, void **params, int *ndims, int64_t **shapes,
+                             const char **dtypes) {
   Dims m{};
   const int status = CheckArgs(nparam, ndims, shapes, dtypes, &m);
   if (status != kOk) return status;
-  m.block_size = kBlockSize;
-  if (shapes[1][0] % (2 * m.kv_heads * kBlockSize) != 0) return kBadShape;
-  m.num_blocks = shapes[1][0] / (2 * m.kv_heads * kBlockSize);
+  if (!m.set_cache(shapes[1][0], block_size)) return kBadShape;
   return PagedAttention(m, static_cast<const float *>(params[0]), static_cast<float *>(params[1]),
                         static_cast<const float *>(params[2]), static_cast<const float *>(params[3]),
                         static_cast<const int32_t *>(params[4]), static_cast<const int32_t *>(params[5]),
@@ -67,11 +57,6 @@ int PagedDecodeAttentionImpl(int nparam, void **params, int *ndims, int64_t **sh
                                              const char **dtypes, void *stream, void *extra) {         \
     (void)stream;                                                                                      \
     (void)extra;                                                                                       \
-    return PagedDecodeAttentionImpl<BS>(nparam, params, ndims, shapes, dtypes);                        \
+    return PagedDecodeAttentionImpl(BS, nparam, params, ndims, shapes, dtypes);                        \
   }
-// keep in step with BLOCK_SIZES in paged_attention.py
-MSLLAMA_PAGED_ATTENTION(8)
-MSLLAMA_PAGED_ATTENTION(16)
-MSLLAMA_PAGED_ATTENTION(32)
-MSLLAMA_PAGED_ATTENTION(64)
-MSLLAMA_PAGED_ATTENTION(128)
+MSLLAMA_FOR_BLOCK_SIZES(MSLLAMA_PAGED_ATTENTION)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RuntimeConfig
-from .build import KernelUnavailable, Library, loaded_library, unless_built
+from .build import KernelUnavailable, Library, element_type, loaded_library, unless_built
 
 SOURCE = Path(__file__).with_name("paged_attention.cpp")
 FUNCTION = "PagedDecodeAttentionBS{}"
@@ -76,7 +76,7 @@ def _infer_dtype(qkv, kv_cache, rope_cos, rope_sin, block_tables, context_lens):
     for name, dtype, want in (("qkv", qkv, ms.float32), ("kv_cache", kv_cache, ms.float32),
                               ("rope_cos", rope_cos, ms.float32), ("rope_sin", rope_sin, ms.float32),
                               ("block_tables", block_tables, ms.int32), ("context_lens", context_lens, ms.int32)):
-        element = dtype.element_type() if isinstance(dtype, ms.TensorType) else dtype
+        element = element_type(dtype)
         _check(name, element == want, f"must be {want}, got {element}")
     return qkv
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..config import RuntimeConfig
-from .build import Library, loaded_library, unless_built
+from .build import Library, element_type, loaded_library, unless_built
 
 SOURCE = Path(__file__).with_name("pointwise.cpp")
 FUNCTIONS = ("RmsNorm", "SwiGlu")
@@ -33,7 +33,7 @@ def _float32(*dtypes):
     import mindspore as ms
 
     for d in dtypes:
-        element = d.element_type() if isinstance(d, ms.TensorType) else d
+        element = element_type(d)
         if element != ms.float32:
             raise ValueError(f"fused pointwise kernels take float32 inputs, got {element}")
     return dtypes[0]
