@@ -11,7 +11,8 @@
 // panel (AVX2: more than 3 rows), the rows go in several tiles over the same panels, back to back,
 // and the later tiles find them in L2 (experiments/2026-12-02-few-rows). More rows are computed in
 // tiles of 6 rows x 2 (AVX2) or 4 (AVX-512) vectors, near the CPU's peak FMA rate
-// (experiments/2026-12-01-matmul-tiles and experiments/2026-12-02-avx2-kernels).
+// (experiments/2026-12-01-matmul-tiles and experiments/2026-12-02-avx2-kernels); while they
+// compute one group of columns, they prefetch the panels of the next (NextGroup).
 //
 // Each output element is one fp32 sum over k in order 0..K-1, whatever M, the thread or the
 // column split (the multiply-adds are explicit FMAs, MulAdd in common.h): a row's result does not
@@ -51,16 +52,45 @@ constexpr int64_t kFewTileRows = kAccumulators / kPanelVectors;  // rows of a on
 // else one panel.
 constexpr int64_t FewRowsVectors(int64_t r) { return r * kGroup <= kAccumulators ? kGroup : kPanelVectors; }
 
-// Rows [0, R) of x against column vectors [v, v + NV) of W (columns kWidth v ..), clipped to n_dim.
-template <int64_t R, int64_t NV>
-void Tile(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t v) {
+// Cache lines to prefetch while a tile computes: the lines [next, end), about `per_k` bytes
+// of them per step of k, so that the stream keeps pace with the tile instead of flooding the
+// memory queues. An empty stream (next == end) fetches nothing.
+struct Fetch {
+  const char *next = nullptr, *end = nullptr;
+  int64_t per_k = 0;
+};
+
+// Share t of `tiles` of the weight data that the column group after [v, v + vectors) reads: the
+// next panels, or, for groups narrower than a panel, the same columns of the next panel; nothing
+// if those columns are past v1 (another thread's or none). Prefetched while this group computes,
+// they arrive from memory by the time the next group starts: with many rows a tile is bound by
+// arithmetic, and without this the first tile of every group waited for its panels, so a step took
+// the weights' read time plus the arithmetic (experiments/2026-12-03-matmul-fetch).
+inline Fetch NextGroup(const float *w, int64_t k_dim, int64_t v, int64_t vectors, int64_t v1, int64_t t,
+                       int64_t tiles) {
+  const int64_t c = v * kWidth, columns = vectors * kWidth, next_panel = (c + std::max(columns, kPanel)) / kPanel;
+  if (next_panel * kPanel >= v1 * kWidth) return {};
+  const char *next = reinterpret_cast<const char *>(w + (next_panel * kPanel + c % kPanel) * k_dim);
+  const int64_t bytes = int64_t{sizeof(float)} * columns * k_dim, share = (bytes + tiles - 1) / tiles;
+  return {next + std::min(bytes, t * share), next + std::min(bytes, (t + 1) * share), (share + k_dim - 1) / k_dim};
+}
+
+// Rows [0, R) of x against column vectors [v, v + NV) of W (columns kWidth v ..), clipped to n_dim;
+// with kFetch, prefetching `fetch` on the way.
+template <int64_t R, int64_t NV, bool kFetch = false>
+void Tile(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t v, Fetch fetch = {}) {
   const float *column[NV];
   for (int64_t j = 0; j < NV; ++j) {
     const int64_t c = (v + j) * kWidth;  // a vector never crosses a panel: kWidth divides kPanel
     column[j] = w + (c / kPanel) * k_dim * kPanel + c % kPanel;
   }
+  const char *const fetch_start = fetch.next;
   V acc[R][NV] = {};
   for (int64_t k = 0; k < k_dim; ++k) {
+    if constexpr (kFetch) {
+      const char *until = std::min(fetch.end, fetch_start + (k + 1) * fetch.per_k);
+      for (; fetch.next < until; fetch.next += 64) __builtin_prefetch(fetch.next, 0, 3);
+    }
     V b[NV];
     for (int64_t j = 0; j < NV; ++j) b[j] = Load<V>(column[j] + k * kPanel);
     for (int64_t r = 0; r < R; ++r) {
@@ -76,11 +106,13 @@ void Tile(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim
   }
 }
 
-// Vectors [v0, v1) in tiles of NV, the rest one vector at a time.
-template <int64_t R, int64_t NV>
-void Sweep(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t v0, int64_t v1) {
+// Vectors [v0, v1) in tiles of NV, the rest one vector at a time; with kFetch, the first tile
+// prefetches `fetch`.
+template <int64_t R, int64_t NV, bool kFetch = false>
+void Sweep(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t v0, int64_t v1,
+           Fetch fetch = {}) {
   int64_t v = v0;
-  for (; v + NV <= v1; v += NV) Tile<R, NV>(x, w, y, k_dim, n_dim, v);
+  for (; v + NV <= v1; v += NV, fetch = {}) Tile<R, NV, kFetch>(x, w, y, k_dim, n_dim, v, fetch);
   for (; v < v1; ++v) Tile<R, 1>(x, w, y, k_dim, n_dim, v);
 }
 
@@ -122,11 +154,13 @@ void Columns(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_
   }
   for (int64_t m0 = 0; m0 < m_dim; m0 += kChunkRows) {
     const int64_t m1 = std::min(m_dim, m0 + kChunkRows);
+    const int64_t tiles = (m1 - m0) / kTileRows;
     for (int64_t v = v0; v < v1; v += kTileVectors) {
       const int64_t v_end = std::min(v1, v + kTileVectors);
       int64_t m = m0;
-      for (; m + kTileRows <= m1; m += kTileRows) {
-        Sweep<kTileRows, kTileVectors>(x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, v, v_end);
+      for (int64_t t = 0; m + kTileRows <= m1; m += kTileRows, ++t) {
+        const Fetch fetch = NextGroup(w, k_dim, v, kTileVectors, v1, t, tiles);
+        Sweep<kTileRows, kTileVectors, true>(x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, v, v_end, fetch);
       }
       if (m < m1) {
         SweepRows<kTileVectors, kTileRows - 1>(m1 - m, x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, v, v_end);
