@@ -35,8 +35,8 @@ import mindspore as ms
 from mindspore import Parameter, Tensor, nn, ops
 
 from .config import ConfigError, LlamaConfig, RuntimeConfig
-from .kernels import (decode_attention_op, decode_layer_op, pack_panels, resolve_kernels, rms_norm_op, small_matmul_op,
-                      swiglu_op)
+from .kernels import (argmax_op, decode_attention_op, decode_layer_op, pack_panels, resolve_kernels, rms_norm_op,
+                      small_matmul_op, swiglu_op)
 from .kernels.paged_attention import KERNEL_NAME
 from .weights import EMBEDDING, FINAL_NORM, layer_names, lm_head
 
@@ -243,6 +243,9 @@ class LlamaModel(nn.Cell):
         self.norm_out = RMSNorm(weights[FINAL_NORM], cfg.rms_norm_eps, FINAL_NORM, tail_norm)
         self.lm_head = Linear(_t(lm_head(weights, cfg)), "lm_head.weight", dtype,
                               max(rt.small_matmul_rows, rt.fused_layer_rows))
+        # where the head runs the panel kernel, its library's argmax replaces MindSpore's, which
+        # read one row at a time (0.5 against 0.23 ms at 32 rows, 2.2 against 0.7 at 128)
+        self.argmax = argmax_op() if self.lm_head.small_rows else None
         cos, sin = rope_tables(cfg)
         self.cos = _param(cos.astype(np.float32), "rope_cos", dtype)
         self.sin = _param(sin.astype(np.float32), "rope_sin", dtype)
@@ -257,6 +260,9 @@ class LlamaModel(nn.Cell):
     def head(self, hidden):
         """Logits [S, vocab] (fp32) and their argmax / max per row."""
         logits = ops.cast(self.lm_head(self.norm_out(hidden)), ms.float32)
+        if self.argmax is not None and hidden.shape[0] <= self.lm_head.small_rows:
+            ids, best = self.argmax(logits)
+            return logits, ids, best
         best, ids = ops.max(logits, 1)
         return logits, ids.astype(ms.int32), best
 

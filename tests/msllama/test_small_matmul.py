@@ -1,5 +1,6 @@
 """The small-batch matmul CPU kernel: against float64 numpy, row independence, bad input, the
-panel packing and the config switch (its fallback without a compiler: test_paged_kernel.py)."""
+panel packing and the config switch (its fallback without a compiler: test_paged_kernel.py); the
+LM head's argmax in the same library against MindSpore's."""
 from __future__ import annotations
 
 import ctypes
@@ -9,11 +10,11 @@ import time
 
 import numpy as np
 import pytest
-from mindspore import Parameter, Tensor, nn
+from mindspore import Parameter, Tensor, nn, ops
 
 from msllama.config import ConfigError, RuntimeConfig, parse_predict_config
 from msllama.kernels import pack_panels, small_matmul_op
-from msllama.kernels.small_matmul import FUNCTION, library
+from msllama.kernels.small_matmul import ARGMAX, FUNCTION, argmax_op, library
 
 
 pytestmark = pytest.mark.usefixtures("kernels_built")
@@ -125,3 +126,44 @@ def test_config_switch():
     assert parse_predict_config({"model": {"model_config": {"small_matmul_rows": 0}}}).runtime.small_matmul_rows == 0
     with pytest.raises(ConfigError, match="'small_matmul_rows': expected int, got 'many'"):
         parse_predict_config({"model": {"model_config": {"small_matmul_rows": "many"}}})
+
+
+class ArgMaxPair(nn.Cell):
+    def __init__(self):
+        super().__init__()
+        self.argmax = argmax_op()
+
+    def construct(self, x):
+        ids, best = self.argmax(x)
+        top, where = ops.max(x, 1)
+        return ids, best, where, top
+
+
+@pytest.mark.parametrize("rows,n", [(1, 32000), (3, 37), (33, 32000), (5, 16), (4, 7), (2, 1)])
+def test_argmax_matches_mindspore_with_the_lowest_index_on_ties(rows, n):
+    rng = np.random.default_rng(rows * 1000 + n)
+    x = np.round(rng.standard_normal((rows, n)) * 2).astype(np.float32) / 2  # values repeat: ties
+    x[0, -1] = x[0].max() + 1  # the largest value in the scalar tail of a row
+    if rows > 2:
+        x[1, :] = x[1].max()  # a row all equal: index 0
+        x[2, :] = -np.inf
+    ids, best, where, top = (t.asnumpy() for t in ArgMaxPair()(Tensor(x)))
+    assert ids.dtype == np.int32 and best.dtype == np.float32
+    np.testing.assert_array_equal(ids, where.astype(np.int32))
+    np.testing.assert_array_equal(best, top)
+    np.testing.assert_array_equal(ids, x.argmax(axis=1))  # numpy too takes the first of equal ones
+
+
+def test_argmax_bad_input():
+    with pytest.raises(ValueError, match=r"argmax: x must be \[N, V\], got \[4\]"):
+        ArgMaxPair()(Tensor(np.zeros(4, np.float32)))
+    fn = getattr(ctypes.CDLL(str(library().path)), ARGMAX)
+    x, ids, best = np.zeros((2, 8), np.float32), np.zeros(3, np.int32), np.zeros(2, np.float32)
+    args = (ctypes.c_void_p * 3)(x.ctypes.data, ids.ctypes.data, best.ctypes.data)
+    shapes = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in (x, ids, best)]
+    ndims = (ctypes.c_int * 3)(2, 1, 1)
+    pshapes = (ctypes.POINTER(ctypes.c_int64) * 3)(*[ctypes.cast(s, ctypes.POINTER(ctypes.c_int64)) for s in shapes])
+    dtypes = (ctypes.c_char_p * 3)(b"float32", b"int32", b"float32")
+    assert fn(3, args, ndims, pshapes, dtypes, None, None) == 3  # ids of 3 rows for 2
+    dtypes = (ctypes.c_char_p * 3)(b"float32", b"float32", b"float32")
+    assert fn(3, args, ndims, pshapes, dtypes, None, None) == 2  # ids must be int32

@@ -10,10 +10,10 @@ from .build import KernelUnavailable
 from .decode_layer import decode_layer_op, resolve_decode_layer
 from .paged_attention import decode_attention_op, resolve_attention_kernel
 from .pointwise import resolve_pointwise, rms_norm_op, swiglu_op
-from .small_matmul import pack_panels, resolve_small_matmul, small_matmul_op
+from .small_matmul import argmax_op, pack_panels, resolve_small_matmul, small_matmul_op
 
-__all__ = ["KernelUnavailable", "decode_attention_op", "decode_layer_op", "graph_fingerprint", "pack_panels",
-           "resolve_kernels", "rms_norm_op", "small_matmul_op", "swiglu_op"]
+__all__ = ["KernelUnavailable", "argmax_op", "decode_attention_op", "decode_layer_op", "graph_fingerprint",
+           "pack_panels", "resolve_kernels", "rms_norm_op", "small_matmul_op", "swiglu_op"]
 
 
 def resolve_kernels(rt: RuntimeConfig) -> RuntimeConfig:
@@ -27,7 +27,7 @@ def graph_fingerprint(rt: RuntimeConfig) -> str:
     call (each hashes source, flags, compiler and CPU) and the wrapper code; "" when they call
     none. Part of the graph compile-cache key, so a cached graph never calls a stale library."""
     names = ([paged_attention.library().path.name] if rt.attention_kernel == paged_attention.KERNEL_NAME else []) + \
-        ([small_matmul.library().path.name] if rt.small_matmul_rows else []) + \
+        ([small_matmul.library().path.name] if rt.small_matmul_rows or rt.fused_layer_rows else []) + \
         ([pointwise.library().path.name] if rt.fused_pointwise_rows else []) + \
         ([decode_layer.library().path.name] if rt.fused_layer_rows else [])
     if not names:

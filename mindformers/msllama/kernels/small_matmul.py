@@ -1,7 +1,10 @@
-"""The small-batch matmul CPU kernel as a MindSpore primitive (`ops.Custom`, func_type "aot").
+"""The small-batch matmul CPU kernel and the LM head's argmax as MindSpore primitives
+(`ops.Custom`, func_type "aot").
 
 `small_matmul_op(n)(x, panels)` with x [M, K] float32 and a weight packed by `pack_panels(w)`
-([K, N] -> [ceil(N / 32), K, 32]) returns x @ w [M, N]. Decode graphs of at most
+([K, N] -> [ceil(N / 32), K, 32]) returns x @ w [M, N]. `argmax_op()(x)` with x [N, V] float32
+returns (ids int32 [N], best float32 [N]): each row's largest value and its lowest index, as
+`ops.max(x, 1)` gives them; the model runs it after the LM head wherever the head runs this kernel. Decode graphs of at most
 `RuntimeConfig.small_matmul_rows` rows use it for every linear layer and the LM head; larger
 graphs keep MindSpore's MatMul: the kernel is correct for any row count and faster alone, but
 in the model it gave no served gain from 16 rows up (experiments/2026-12-01-matmul-tiles).
@@ -13,16 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RuntimeConfig
-from .build import Library, loaded_library, unless_built
+from .build import Library, element_type, loaded_library, unless_built
 
 SOURCE = Path(__file__).with_name("small_matmul.cpp")
 FUNCTION = "SmallMatMul"
+ARGMAX = "ArgMaxRows"
 PANEL = 32
 
 
 def library() -> Library:
     """The kernel library, built on first use; raises KernelUnavailable with the reason."""
-    return loaded_library(SOURCE, (FUNCTION,))
+    return loaded_library(SOURCE, (FUNCTION, ARGMAX))
 
 
 def resolve_small_matmul(rt: RuntimeConfig) -> RuntimeConfig:
@@ -56,3 +60,21 @@ def small_matmul_op(n: int):
         return x
 
     return ops.Custom(f"{library().path}:{FUNCTION}", out_shape=infer_shape, out_dtype=infer_dtype, func_type="aot")
+
+
+def argmax_op():
+    """A new primitive: (ids, best) of each row of a [N, V] float32 input."""
+    import mindspore as ms
+    from mindspore import ops
+
+    def infer_shape(x):
+        if len(x) != 2:
+            raise ValueError(f"argmax: x must be [N, V], got {list(x)}")
+        return [x[0]], [x[0]]
+
+    def infer_dtype(x):
+        if element_type(x) != ms.float32:
+            raise ValueError(f"argmax: x must be float32, got {element_type(x)}")
+        return ms.int32, x
+
+    return ops.Custom(f"{library().path}:{ARGMAX}", out_shape=infer_shape, out_dtype=infer_dtype, func_type="aot")
