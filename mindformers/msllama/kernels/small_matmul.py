@@ -2,12 +2,14 @@
 (`ops.Custom`, func_type "aot").
 
 `small_matmul_op(n)(x, panels)` with x [M, K] float32 and a weight packed by `pack_panels(w)`
-([K, N] -> [ceil(N / 32), K, 32]) returns x @ w [M, N]. `argmax_op()(x)` with x [N, V] float32
-returns (ids int32 [N], best float32 [N]): each row's largest value and its lowest index, as
-`ops.max(x, 1)` gives them; the model runs it after the LM head wherever the head runs this kernel. Decode graphs of at most
+([K, N] -> [ceil(N / 32), K, 32]) returns x @ w [M, N]. Decode graphs of at most
 `RuntimeConfig.small_matmul_rows` rows use it for every linear layer and the LM head; larger
 graphs keep MindSpore's MatMul: the kernel is correct for any row count and faster alone, but
 in the model it gave no served gain from 16 rows up (experiments/2026-12-01-matmul-tiles).
+
+`argmax_op()(x)` with x [N, V] float32 returns (ids int32 [N], best float32 [N]): each row's
+largest value and its lowest index, as `ops.max(x, 1)` gives them. The model runs it after the LM
+head wherever the head runs the panel kernel.
 """
 from __future__ import annotations
 
