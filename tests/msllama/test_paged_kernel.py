@@ -188,7 +188,7 @@ def test_bad_input_is_a_clear_error():
         attend(qkv, cache, short, short, tables, Tensor(np.array([21], np.int32)))
 
 
-def test_library_is_cached_by_source_and_rebuilt_when_it_changes(tmp_path):
+def test_library_is_cached_by_source_and_headers_and_rebuilt_when_they_change(tmp_path):
     first = build_library(SOURCE, tmp_path)
     again = build_library(SOURCE, tmp_path)
     assert again.path == first.path and again.build_seconds == 0.0 and first.build_seconds > 0
@@ -197,6 +197,14 @@ def test_library_is_cached_by_source_and_rebuilt_when_it_changes(tmp_path):
     edited.write_text(SOURCE.read_text() + "\n// edited\n")
     assert build_library(edited, tmp_path).path != first.path
     assert len(list(tmp_path.glob("*.so"))) == 2
+    # the same source bytes beside an edited header: that header is what compiles, so a new key
+    copy = tmp_path / "copy" / SOURCE.name
+    copy.parent.mkdir()
+    copy.write_text(SOURCE.read_text())
+    for header in SOURCE.parent.glob("*.h"):
+        edit = "\n// edited\n" if header.name == "attention.h" else ""
+        (copy.parent / header.name).write_text(header.read_text() + edit)
+    assert build_library(copy, tmp_path).path not in (first.path, build_library(edited, tmp_path).path)
 
 
 def test_without_a_compiler_the_model_falls_back_to_basic_ops(tmp_path):

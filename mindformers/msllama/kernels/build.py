@@ -73,8 +73,11 @@ def _cpu_identity() -> str:
 
 def library_key(source: Path, cxx: str) -> str:
     h = hashlib.sha256(source.read_bytes())
-    for header in sorted(HEADERS.glob("*.h")):
-        h.update(header.read_bytes())
+    # `#include "x.h"` looks beside the source before -I: a copy of a source elsewhere (an A/B of two
+    # revisions) compiles the headers beside it, so those are part of its key too
+    for folder in sorted({HEADERS, source.resolve().parent}):
+        for header in sorted(folder.glob("*.h")):
+            h.update(header.read_bytes())
     for part in (" ".join(FLAGS), _compiler_identity(cxx), _cpu_identity()):
         h.update(part.encode())
     return h.hexdigest()[:16]
