@@ -36,6 +36,12 @@ def old_source(rev: str, folder: Path) -> Path:
     return folder / "small_matmul.cpp"
 
 
+def matmul_calls(shapes: list[tuple[int, int]], m: int, rng: np.random.Generator) -> list[list[np.ndarray]]:
+    """One SmallMatMul argument list (x [m, K], packed random weight, output [m, N]) per (K, N)."""
+    return [[rng.standard_normal((m, k), dtype=np.float32), pack_panels(rng.standard_normal((k, n), dtype=np.float32)),
+             np.zeros((m, n), np.float32)] for k, n in shapes]
+
+
 def main() -> int:
     rev, rows = sys.argv[1], [int(m) for m in sys.argv[2].split(",")]
     reps = int(os.environ.get("REPS", 40))
@@ -48,9 +54,7 @@ def main() -> int:
     for m in rows:
         line = [f"M={m:4d}"]
         for name, shapes in SHAPES.items():
-            calls = [[rng.standard_normal((m, k), dtype=np.float32),
-                      pack_panels(rng.standard_normal((k, n), dtype=np.float32)), np.zeros((m, n), np.float32)]
-                     for k, n in shapes]
+            calls = matmul_calls(shapes, m, rng)
             times, outs = [[], []], []
             for r in range(reps + 1):
                 for i, fn in enumerate(fns):

@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "2026-12-02-prefetch"))
 import attention_pair as A  # noqa: E402
-from msllama.kernels import pack_panels, paged_attention, small_matmul  # noqa: E402
+from matmul_pair import SHAPES, matmul_calls  # noqa: E402
+from msllama.kernels import paged_attention, small_matmul  # noqa: E402
 
-SHAPES = [(512, 1536), (512, 512), (512, 2752), (1376, 512)]
 THREADS_ENV = "MSLLAMA_KERNEL_THREADS"  # read by the kernels at every call
 
 
@@ -34,16 +34,14 @@ def main() -> int:
     for b in (int(v) for v in sys.argv[1].split(",")):
         args, caches = A.inputs(b, rng)
         attention_calls = [[args[0], cache, *args[2:]] for cache in caches]
-        matmul_calls = [[rng.standard_normal((b, k), dtype=np.float32),
-                         pack_panels(rng.standard_normal((k, n), dtype=np.float32)), np.zeros((b, n), np.float32)]
-                        for _ in range(8) for k, n in SHAPES]
+        products = matmul_calls(SHAPES["8 layers"], b, rng)
 
         def attend():
             for a in attention_calls:
                 A.call(attention, a)
 
         def multiply():
-            for a in matmul_calls:
+            for a in products:
                 A.call(matmul, a)
 
         def timed(fn):

@@ -151,6 +151,19 @@ class RuntimeConfig:
             _require("small_matmul_rows", self.small_matmul_rows == 0, "must be 0 on Ascend (a CPU kernel)")
             _require("fused_pointwise_rows", self.fused_pointwise_rows == 0, "must be 0 on Ascend (a CPU kernel)")
 
+    # After the layer ops a graph has no MindSpore MatMul left to keep its threads busy, and the C++
+    # norm and panel matmul are the faster ones at any row count there
+    # (experiments/2026-12-03-decode-layer): the final norm and the LM head follow the layers' limit.
+    @property
+    def tail_norm_rows(self) -> int:
+        """Graphs of at most this many rows run the final RMSNorm as the C++ op."""
+        return max(self.fused_pointwise_rows, self.fused_layer_rows)
+
+    @property
+    def head_matmul_rows(self) -> int:
+        """Graphs of at most this many rows run the LM head (and its argmax) as the C++ kernels."""
+        return max(self.small_matmul_rows, self.fused_layer_rows)
+
 
 @dataclass(frozen=True)
 class PredictConfig:

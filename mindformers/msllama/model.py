@@ -74,8 +74,12 @@ class Linear(nn.Cell):
         self.small = small_matmul_op(w.shape[1]) if small_rows else None
         self.matmul = ops.MatMul()
 
+    def runs_kernel(self, rows: int) -> bool:
+        """Whether a graph of `rows` rows (a static shape) runs the C++ kernel."""
+        return bool(self.small_rows) and rows <= self.small_rows
+
     def construct(self, x):
-        if self.small_rows and x.shape[0] <= self.small_rows:
+        if self.runs_kernel(x.shape[0]):
             return self.small(x, self.panels)
         return self.matmul(x, self.weight)
 
@@ -236,16 +240,11 @@ class LlamaModel(nn.Cell):
         self.cfg, self.rt = cfg, rt
         self.embedding = _param(weights[EMBEDDING], EMBEDDING, dtype)
         self.layers = nn.CellList([DecoderLayer(cfg, rt, weights, i, dtype) for i in range(cfg.num_layers)])
-        # After the layer ops the graph has no MindSpore MatMul left to keep its threads busy, and
-        # the C++ norm and panel matmul are the faster ones at any row count there
-        # (experiments/2026-12-03-decode-layer): the tail follows the layers' row limit.
-        tail_norm = max(rt.fused_pointwise_rows, rt.fused_layer_rows)
-        self.norm_out = RMSNorm(weights[FINAL_NORM], cfg.rms_norm_eps, FINAL_NORM, tail_norm)
-        self.lm_head = Linear(_t(lm_head(weights, cfg)), "lm_head.weight", dtype,
-                              max(rt.small_matmul_rows, rt.fused_layer_rows))
+        self.norm_out = RMSNorm(weights[FINAL_NORM], cfg.rms_norm_eps, FINAL_NORM, rt.tail_norm_rows)
+        self.lm_head = Linear(_t(lm_head(weights, cfg)), "lm_head.weight", dtype, rt.head_matmul_rows)
         # where the head runs the panel kernel, its library's argmax replaces MindSpore's, which
         # read one row at a time (0.5 against 0.23 ms at 32 rows, 2.2 against 0.7 at 128)
-        self.argmax = argmax_op() if self.lm_head.small_rows else None
+        self.argmax = argmax_op() if rt.head_matmul_rows else None
         cos, sin = rope_tables(cfg)
         self.cos = _param(cos.astype(np.float32), "rope_cos", dtype)
         self.sin = _param(sin.astype(np.float32), "rope_sin", dtype)
@@ -260,7 +259,7 @@ class LlamaModel(nn.Cell):
     def head(self, hidden):
         """Logits [S, vocab] (fp32) and their argmax / max per row."""
         logits = ops.cast(self.lm_head(self.norm_out(hidden)), ms.float32)
-        if self.argmax is not None and hidden.shape[0] <= self.lm_head.small_rows:
+        if self.lm_head.runs_kernel(hidden.shape[0]):
             ids, best = self.argmax(logits)
             return logits, ids, best
         best, ids = ops.max(logits, 1)

@@ -27,7 +27,7 @@ def graph_fingerprint(rt: RuntimeConfig) -> str:
     call (each hashes source, flags, compiler and CPU) and the wrapper code; "" when they call
     none. Part of the graph compile-cache key, so a cached graph never calls a stale library."""
     names = ([paged_attention.library().path.name] if rt.attention_kernel == paged_attention.KERNEL_NAME else []) + \
-        ([small_matmul.library().path.name] if rt.small_matmul_rows or rt.fused_layer_rows else []) + \
+        ([small_matmul.library().path.name] if rt.head_matmul_rows else []) + \
         ([pointwise.library().path.name] if rt.fused_pointwise_rows else []) + \
         ([decode_layer.library().path.name] if rt.fused_layer_rows else [])
     if not names:

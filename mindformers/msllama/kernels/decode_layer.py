@@ -16,7 +16,7 @@ from ..config import RuntimeConfig
 from . import paged_attention
 from .build import KernelUnavailable, Library, element_type, loaded_library, unless_built
 from .paged_attention import BLOCK_SIZES
-from .small_matmul import PANEL
+from .small_matmul import PANEL, panel_count
 
 SOURCE = Path(__file__).with_name("decode_layer.cpp")
 FUNCTION = "DecodeLayerBS{}"
@@ -43,10 +43,6 @@ def resolve_decode_layer(rt: RuntimeConfig) -> RuntimeConfig:
     return unless_built(rt, "fused_layer_rows", 0, "the kernel is unavailable, using 0 (one op per piece)", build)
 
 
-def _panels(n: int) -> int:
-    return -(-n // PANEL)
-
-
 def _infer_shape(x, attention_norm, ffn_norm, eps, heads, wqkv, wo, w13, w2, kv_cache, rope_cos, rope_sin,
                  block_tables, context_lens):
     def check(name: str, ok: bool, rule: str, got) -> None:
@@ -63,11 +59,11 @@ def _infer_shape(x, attention_norm, ffn_norm, eps, heads, wqkv, wo, w13, w2, kv_
         check(name, list(shape) == [h], f"must be [hidden] = [{h}]", shape)
     check("eps", list(eps) == [1], "must be [1]", eps)
     check("heads", list(heads) == [2], "must be [2] (query heads, KV heads)", heads)
-    check("w2", len(w2) == 3 and w2[0] == _panels(h) and w2[2] == PANEL,
+    check("w2", len(w2) == 3 and w2[0] == panel_count(h) and w2[2] == PANEL,
           f"must be panels [ceil(hidden / {PANEL}), ffn, {PANEL}]", w2)
     f = w2[1]
-    check("wo", list(wo) == [_panels(h), h, PANEL], f"must be panels [{_panels(h)}, {h}, {PANEL}]", wo)
-    check("w13", list(w13) == [_panels(2 * f), h, PANEL], f"must be panels [{_panels(2 * f)}, {h}, {PANEL}]", w13)
+    check("wo", list(wo) == [panel_count(h), h, PANEL], f"must be panels [{panel_count(h)}, {h}, {PANEL}]", wo)
+    check("w13", list(w13) == [panel_count(2 * f), h, PANEL], f"must be panels [{panel_count(2 * f)}, {h}, {PANEL}]", w13)
     check("wqkv", len(wqkv) == 3 and list(wqkv[1:]) == [h, PANEL], f"must be panels [P, {h}, {PANEL}]", wqkv)
     check("kv_cache", len(kv_cache) == 2 and kv_cache[1] == d, f"must be [rows, head_dim = {d}]", kv_cache)
     check("block_tables", len(block_tables) == 2 and block_tables[0] == b, f"must be [B, M] with B = {b}",

@@ -39,10 +39,15 @@ def resolve_small_matmul(rt: RuntimeConfig) -> RuntimeConfig:
     return unless_built(rt, "small_matmul_rows", 0, "the kernel is unavailable, using 0 (MatMul)", library)
 
 
+def panel_count(n: int) -> int:
+    """Panels of a packed weight with n columns: ceil(n / 32)."""
+    return -(-n // PANEL)
+
+
 def pack_panels(w: np.ndarray) -> np.ndarray:
     """[K, N] -> [ceil(N / 32), K, 32]: column panels of 32, zero-padded past N."""
     k, n = w.shape
-    p = -(-n // PANEL)
+    p = panel_count(n)
     padded = np.zeros((k, p * PANEL), np.float32)
     padded[:, :n] = w
     return np.ascontiguousarray(padded.reshape(k, p, PANEL).transpose(1, 0, 2))
@@ -53,7 +58,7 @@ def small_matmul_op(n: int):
     from mindspore import ops
 
     def infer_shape(x, panels):
-        if len(x) != 2 or len(panels) != 3 or panels[1] != x[1] or panels[2] != PANEL or -(-n // PANEL) != panels[0]:
+        if len(x) != 2 or len(panels) != 3 or panels[1] != x[1] or panels[2] != PANEL or panel_count(n) != panels[0]:
             raise ValueError(f"small matmul: x must be [M, K] and the weight [ceil({n} / {PANEL}), K, {PANEL}], "
                              f"got {list(x)} and {list(panels)}")
         return [x[0], n]
