@@ -56,6 +56,24 @@ def test_matches_float64_and_rows_do_not_depend_on_the_batch(k, n):
         np.testing.assert_array_equal(out, outs[203][:m])
 
 
+@pytest.mark.parametrize("m", [4, 13, 203])
+def test_results_do_not_depend_on_the_threads(m, monkeypatch):
+    # Threads share the column groups and take chunks of each other's once done with their own
+    # (StealingRanges): more threads than CPUs makes them take over each other's work at random.
+    rng = np.random.default_rng(m)
+    w = rng.standard_normal((512, 3000)).astype(np.float32)
+    x = rng.standard_normal((m, 512)).astype(np.float32)
+    panels = pack_panels(w)
+    outs = {}
+    for threads in ("1", "2", "3", "7"):
+        monkeypatch.setenv("MSLLAMA_KERNEL_THREADS", threads)  # read by the kernel at every call
+        outs[threads] = [_call_directly(x, panels, 3000) for _ in range(5)]
+    for runs in outs.values():
+        for out in runs:
+            np.testing.assert_array_equal(out, outs["1"][0])
+    assert np.abs(outs["1"][0] - x.astype(np.float64) @ w.astype(np.float64)).max() < 1e-4 * np.sqrt(512)
+
+
 def _call_directly(x: np.ndarray, panels: np.ndarray, n: int) -> np.ndarray:
     """The library's entry point through ctypes, as MindSpore calls it (inputs, then the output)."""
     entry = getattr(ctypes.CDLL(str(library().path)), FUNCTION)

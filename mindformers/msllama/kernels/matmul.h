@@ -18,7 +18,8 @@
 // column split (the multiply-adds are explicit FMAs, MulAdd in common.h): a row's result does not
 // depend on the other rows of the batch.
 // Threads: the calling thread and the library's helpers (one per extra CPU: KernelThreads and
-// HelperPool in common.h), each taking a contiguous range of column groups (kGroup vectors).
+// HelperPool in common.h), each taking chunks of a contiguous range of column groups (kGroup
+// vectors) and, once done with it, chunks of the others' (StealingRanges).
 #pragma once
 
 #include <algorithm>
@@ -62,7 +63,7 @@ struct Fetch {
 
 // Share t of `tiles` of the weight data that the column group after [v, v + vectors) reads: the
 // next panels, or, for groups narrower than a panel, the same columns of the next panel; nothing
-// if those columns are past v1 (another thread's or none). Prefetched while this group computes,
+// if those columns are past v1 (where this thread probably stops). Prefetched while this group computes,
 // they arrive from memory by the time the next group starts: with many rows a tile is bound by
 // arithmetic, and without this the first tile of every group waited for its panels, so a step took
 // the weights' read time plus the arithmetic (experiments/2026-12-03-matmul-fetch).
@@ -138,9 +139,9 @@ void SweepRows(int64_t rows, const float *x, const float *w, float *y, int64_t k
 // rows in as few tiles of at most kFewTileRows rows as they need, so a group's panels come from
 // memory once, read front to back. More rows go in chunks of kChunkRows, each swept over the
 // columns kTileVectors at a time with tiles of kTileRows rows (bound by arithmetic: ~95 % of the
-// peak FMA rate on an AVX-512 CPU).
+// peak FMA rate on an AVX-512 CPU); their prefetch runs on up to vector v_ahead.
 void Columns(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_dim, int64_t n_dim, int64_t v0,
-             int64_t v1) {
+             int64_t v1, int64_t v_ahead) {
   if (m_dim <= kFewRows) {
     const int64_t tiles = (m_dim + kFewTileRows - 1) / kFewTileRows;
     for (int64_t v = v0; v < v1; v += kGroup) {
@@ -159,7 +160,7 @@ void Columns(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_
       const int64_t v_end = std::min(v1, v + kTileVectors);
       int64_t m = m0;
       for (int64_t t = 0; m + kTileRows <= m1; m += kTileRows, ++t) {
-        const Fetch fetch = NextGroup(w, k_dim, v, kTileVectors, v1, t, tiles);
+        const Fetch fetch = NextGroup(w, k_dim, v, kTileVectors, v_ahead, t, tiles);
         Sweep<kTileRows, kTileVectors, true>(x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, v, v_end, fetch);
       }
       if (m < m1) {
@@ -170,11 +171,11 @@ void Columns(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_
 }
 
 // y [M, N] = x [M, K] @ W, W packed in `panels` column panels of 32 ([ceil(N / 32), K, 32]), on
-// the calling thread and the helpers, each a contiguous range of column groups.
+// the calling thread and the helpers, which share the column groups (StealingRanges).
 inline void PanelMatMul(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_dim, int64_t n_dim) {
   const int64_t vectors = (n_dim + kWidth - 1) / kWidth;  // padding columns past N are not computed
-  ParallelRanges((vectors + kGroup - 1) / kGroup, KernelThreads(), [=](int64_t g0, int64_t g1) {
-    Columns(x, w, y, m_dim, k_dim, n_dim, kGroup * g0, std::min(kGroup * g1, vectors));
+  StealingRanges((vectors + kGroup - 1) / kGroup, KernelThreads(), [=](int64_t g0, int64_t g1, int64_t ahead) {
+    Columns(x, w, y, m_dim, k_dim, n_dim, kGroup * g0, std::min(kGroup * g1, vectors), std::min(kGroup * ahead, vectors));
   });
 }
 
