@@ -74,10 +74,11 @@ def test_results_do_not_depend_on_the_threads(m, monkeypatch):
     assert np.abs(outs["1"][0] - x.astype(np.float64) @ w.astype(np.float64)).max() < 1e-4 * np.sqrt(512)
 
 
-def _call_directly(x: np.ndarray, panels: np.ndarray, n: int) -> np.ndarray:
-    """The library's entry point through ctypes, as MindSpore calls it (inputs, then the output)."""
+def _call_directly(x: np.ndarray, panels: np.ndarray, n: int, y: np.ndarray | None = None) -> np.ndarray:
+    """The library's entry point through ctypes, as MindSpore calls it (inputs, then the output,
+    by default a new zero array)."""
     entry = getattr(ctypes.CDLL(str(library().path)), FUNCTION)
-    y = np.zeros((x.shape[0], n), np.float32)
+    y = np.zeros((x.shape[0], n), np.float32) if y is None else y
     arrays = (x, panels, y)
     dims = [(ctypes.c_int64 * a.ndim)(*a.shape) for a in arrays]
     params = (ctypes.c_void_p * 3)(*(a.ctypes.data for a in arrays))
@@ -85,6 +86,22 @@ def _call_directly(x: np.ndarray, panels: np.ndarray, n: int) -> np.ndarray:
     rc = entry(3, params, (ctypes.c_int * 3)(2, 3, 2), shapes, (ctypes.c_char_p * 3)(*[b"float32"] * 3), None, None)
     assert rc == 0
     return y
+
+
+def test_trailing_zero_rows_are_zero_without_being_computed():
+    # The decode layer op leaves a bucket's padded rows zero; the LM head's matmul skips such rows at
+    # the end of x. Whatever the output buffer held, they come out +0.0, as a computed zero row does,
+    # and a zero row before a nonzero one is computed as usual.
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((512, 1000)).astype(np.float32)
+    x = rng.standard_normal((13, 512)).astype(np.float32)
+    x[4] = 0.0
+    x[9:] = 0.0
+    panels = pack_panels(w)
+    y = _call_directly(x, panels, 1000, np.full((13, 1000), np.nan, np.float32))
+    np.testing.assert_array_equal(y[:9], _call_directly(x[:9], panels, 1000))
+    assert not y[9:].any() and not np.signbit(y[9:]).any()
+    assert not y[4].any() and np.abs(y[:4] - x[:4].astype(np.float64) @ w).max() < 1e-4 * np.sqrt(512)
 
 
 def test_helper_threads_serve_concurrent_callers_and_forked_children():

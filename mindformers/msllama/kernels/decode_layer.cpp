@@ -19,7 +19,7 @@
 //   9 kv_cache        float32 [NB * 2 * KVH * BS, D], written in place
 //  10 rope_cos        float32 [S, D]
 //  11 rope_sin        float32 [S, D]
-//  12 block_tables    int32   [B, M]
+//  12 block_tables    int32   [B, M]          trailing all-zero rows: padding, not computed (zero out)
 //  13 context_lens    int32   [B]
 //  14 out             float32 [B, H]
 // Returns 0, or a nonzero code that MindSpore turns into an exception (Status in common.h).
@@ -102,9 +102,18 @@ int DecodeLayerImpl(int64_t block_size, int nparam, void **params, int *ndims, i
   Dims &m = l.attn;
   if (!m.set_cache(shapes[9][0], block_size)) return kBadShape;
   const auto in = [&](int i) { return static_cast<const float *>(params[i]); };
-  const int64_t b = m.batch, h = l.hidden, f = l.ffn;
-  const float eps = *in(3);
+  const int64_t h = l.hidden, f = l.ffn;
   auto *out = static_cast<float *>(params[14]);
+  // The runner pads a step to its bucket with rows at the end whose block table is all zeros
+  // (block 0 is the trash block, never a sequence's first). They are not computed and get zero
+  // outputs, which the next layers, the final norm and the LM head skip as well (small_matmul.cpp):
+  // a step costs its real rows, not its bucket's (14 % of the trace's decode rows were padding).
+  const auto *tables = static_cast<const int32_t *>(params[12]);
+  int64_t b = m.batch;
+  while (b > 0 && tables[(b - 1) * m.width] == 0) --b;
+  std::fill(out + b * h, out + m.batch * h, 0.0f);
+  m.batch = b;
+  const float eps = *in(3);
 
   static thread_local std::vector<float> normed_v, qkv_v, attn_v, gate_up_v, act_v;
   float *normed = Buffer(normed_v, b * h), *qkv = Buffer(qkv_v, b * m.qkv_floats()), *attn = Buffer(attn_v, b * h);
@@ -112,8 +121,8 @@ int DecodeLayerImpl(int64_t block_size, int nparam, void **params, int *ndims, i
 
   ForRows(b, h, [&](int64_t r) { NormRow(in(0) + r * h, in(1), eps, h, normed + r * h); });
   PanelMatMul(normed, in(5), qkv, b, h, m.qkv_floats());
-  status = PagedAttention(m, qkv, static_cast<float *>(params[9]), in(10), in(11),
-                          static_cast<const int32_t *>(params[12]), static_cast<const int32_t *>(params[13]), attn);
+  status = PagedAttention(m, qkv, static_cast<float *>(params[9]), in(10), in(11), tables,
+                          static_cast<const int32_t *>(params[13]), attn);
   if (status != kOk) return status;
   PanelMatMul(attn, in(6), out, b, h, h);
   ForRows(b, h, [&](int64_t r) {

@@ -6,6 +6,7 @@
 //   0 x    float32 [M, K]
 //   1 w    float32 [P, K, 32]   packed in column panels, P = ceil(N / 32)
 //   2 y    float32 [M, N]       N <= 32 * P, taken from the output's shape
+// Trailing rows of x that are all zero get zero rows of y without being computed.
 //
 // ArgMaxRows: each row's largest logit and its index, the lowest index among equal ones, as
 // ops.max(x, 1) gives them. MindSpore's CPU ArgMaxWithValue reads one row at a time at ~6 GB/s:
@@ -17,6 +18,7 @@
 //
 // MindSpore passes inputs then outputs. Each returns 0, or a nonzero code that MindSpore turns into
 // an exception.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 
@@ -35,8 +37,14 @@ extern "C" int SmallMatMul(int nparam, void **params, int *ndims, int64_t **shap
       n_dim <= (panels - 1) * kPanel) {
     return kBadShape;
   }
-  PanelMatMul(static_cast<const float *>(params[0]), static_cast<const float *>(params[1]),
-              static_cast<float *>(params[2]), m_dim, k_dim, n_dim);
+  // Trailing all-zero rows (a decode bucket's padding after the layer op, decode_layer.cpp) are
+  // not computed: their products are zero whatever the (finite) weights, bit for bit.
+  const auto *x = static_cast<const float *>(params[0]);
+  auto *y = static_cast<float *>(params[2]);
+  int64_t rows = m_dim;
+  while (rows > 0 && std::all_of(x + (rows - 1) * k_dim, x + rows * k_dim, [](float v) { return v == 0.0f; })) --rows;
+  PanelMatMul(x, static_cast<const float *>(params[1]), y, rows, k_dim, n_dim);
+  std::fill(y + rows * n_dim, y + m_dim * n_dim, 0.0f);
   return kOk;
 }
 
