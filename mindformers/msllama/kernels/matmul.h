@@ -151,11 +151,12 @@ void Columns(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_
       const int64_t v_end = std::min(v1, v + kGroup);
       for (int64_t t = 0; t < tiles; ++t) {
         const int64_t r0 = m_dim * t / tiles, r1 = m_dim * (t + 1) / tiles;
-        // The first tile reads the group's panels from memory and the later ones find them in L2.
-        // From 3 tiles on (AVX2: 7-8 rows) the later ones prefetch the next group's meanwhile
-        // (1.10-1.20x); one later tile fetching a whole panel made 4-6 rows slower (0.84-0.94x,
-        // experiments/2026-12-04-few-row-fetch).
-        const Fetch fetch = t == 0 || tiles < 3 ? Fetch{} : NextGroup(w, k_dim, v, kGroup, v_ahead, t - 1, tiles - 1);
+        // The first tile reads the group's panels from memory and the later ones find them in L2;
+        // meanwhile they prefetch the next group's, half each (AVX2, 7-8 rows: 1.09-1.24x). A lone
+        // later tile (4-6 rows) takes only the first half: fetching the whole panel made it slower
+        // (0.84-0.94x), half gained 1.03-1.11x (experiments/2026-12-04-few-row-fetch).
+        const Fetch fetch =
+            t == 0 ? Fetch{} : NextGroup(w, k_dim, v, kGroup, v_ahead, t - 1, std::max<int64_t>(2, tiles - 1));
         SweepRows<-1, kFewTileRows>(r1 - r0, x + r0 * k_dim, w, y + r0 * n_dim, k_dim, n_dim, v, v_end, fetch);
       }
     }
