@@ -217,12 +217,13 @@ inline HelperPool &Helpers() {
   return *pool;
 }
 
-// Runs fn(begin, end) over `threads` contiguous ranges of [0, n), the first on the calling thread
-// and the others on the helper pool, all done before returning.
+// `threads` within [1, max(n, 1)].
 inline int64_t ClampThreads(int64_t n, int64_t threads) {
   return threads < 1 ? 1 : (threads > n ? (n > 0 ? n : 1) : threads);
 }
 
+// Runs fn(begin, end) over `threads` contiguous ranges of [0, n), the first on the calling thread
+// and the others on the helper pool, all done before returning.
 template <class F>
 void ParallelRanges(int64_t n, int64_t threads, F fn) {
   threads = ClampThreads(n, threads);
@@ -235,7 +236,7 @@ void ParallelRanges(int64_t n, int64_t threads, F fn) {
 // runs each chunk; `ahead` is how far the same thread will probably go on after it (its share's
 // end for its own chunks, the chunk's end for taken ones), for prefetching across chunks. On a
 // shared 2-vCPU VM one vCPU is often slower for a while: with fixed shares the faster thread then
-// idled for 9-23 % of a matmul call (experiments/2026-12-04-stealing).
+// idled for 11-33 % of a matmul call (experiments/2026-12-04-stealing).
 constexpr int64_t kStealPieces = 16;
 
 template <class F>

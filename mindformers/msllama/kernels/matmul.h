@@ -63,10 +63,10 @@ struct Fetch {
 
 // Share t of `tiles` of the weight data that the column group after [v, v + vectors) reads: the
 // next panels, or, for groups narrower than a panel, the same columns of the next panel; nothing
-// if those columns are past v1 (where this thread probably stops). Prefetched while this group computes,
-// they arrive from memory by the time the next group starts: with many rows a tile is bound by
-// arithmetic, and without this the first tile of every group waited for its panels, so a step took
-// the weights' read time plus the arithmetic (experiments/2026-12-03-matmul-fetch).
+// if those columns are past v1 (where this thread probably stops). Prefetched while this group
+// computes, they arrive from memory by the time the next group starts: with many rows a tile is
+// bound by arithmetic, and without this the first tile of every group waited for its panels, so a
+// step took the weights' read time plus the arithmetic (experiments/2026-12-03-matmul-fetch).
 inline Fetch NextGroup(const float *w, int64_t k_dim, int64_t v, int64_t vectors, int64_t v1, int64_t t,
                        int64_t tiles) {
   const int64_t c = v * kWidth, columns = vectors * kWidth, next_panel = (c + std::max(columns, kPanel)) / kPanel;
@@ -184,7 +184,8 @@ void Columns(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_
 inline void PanelMatMul(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_dim, int64_t n_dim) {
   const int64_t vectors = (n_dim + kWidth - 1) / kWidth;  // padding columns past N are not computed
   StealingRanges((vectors + kGroup - 1) / kGroup, KernelThreads(), [=](int64_t g0, int64_t g1, int64_t ahead) {
-    Columns(x, w, y, m_dim, k_dim, n_dim, kGroup * g0, std::min(kGroup * g1, vectors), std::min(kGroup * ahead, vectors));
+    Columns(x, w, y, m_dim, k_dim, n_dim, kGroup * g0, std::min(kGroup * g1, vectors),
+            std::min(kGroup * ahead, vectors));
   });
 }
 
