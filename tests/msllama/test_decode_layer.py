@@ -22,6 +22,7 @@ from test_model import (
 pytestmark = pytest.mark.usefixtures("kernels_built")
 
 BS = 16
+BLOCKS = 80
 CFG = LlamaConfig(vocab_size=512, hidden_size=128, num_layers=2, num_heads=8, n_kv_heads=2, intermediate_size=352,
                   seq_length=512)
 LADDER = Ladder(decode_batches=(1, 3, 8, 16), decode_blocks=(4,), prefill_tokens=(8, 64, 512),
@@ -40,7 +41,7 @@ def gqa():
 
 
 def runner(**runtime) -> ModelRunner:
-    return ModelRunner(CFG, RuntimeConfig(num_blocks=80, block_size=BS, **runtime), random_weights(CFG, seed=5),
+    return ModelRunner(CFG, RuntimeConfig(num_blocks=BLOCKS, block_size=BS, **runtime), random_weights(CFG, seed=5),
                        LADDER)
 
 
@@ -70,7 +71,7 @@ def test_layer_op_is_the_per_op_layer_bit_for_bit_and_close_to_matmul():
     for la, lb, lc in zip(fused.model.layers, per_op.model.layers, matmul.model.layers):
         # the same rows written, the trash block 0 aside: the layer op skips padded rows, which write there
         fa, fb, fc = (layer.kv_cache.asnumpy() for layer in (la, lb, lc))
-        real = slice(fa.shape[0] // 80, None)                      # 80 blocks (runner above)
+        real = slice(fa.shape[0] // BLOCKS, None)
         np.testing.assert_array_equal(fa[real], fb[real])
         assert np.abs(fa[real] - fc[real]).max() < 1e-4
 
@@ -89,7 +90,7 @@ def test_padded_rows_are_not_computed():
                        np.arange(2, dtype=np.int32), SamplingBatch.greedy(2), np.arange(2, dtype=np.int32))
     for step in (prefill, decode):                                  # the decode step: 2 rows in bucket 3
         np.testing.assert_array_equal(fused.step(step).logits, per_op.step(step).logits)
-    trash = slice(0, fused.model.layers[0].kv_cache.shape[0] // 80)
+    trash = slice(0, fused.model.layers[0].kv_cache.shape[0] // BLOCKS)
     for lf, lp in zip(fused.model.layers, per_op.model.layers):
         assert not lf.kv_cache.asnumpy()[trash].any()
         assert lp.kv_cache.asnumpy()[trash].any()

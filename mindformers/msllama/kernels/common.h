@@ -247,17 +247,17 @@ void StealingRanges(int64_t n, int64_t threads, F fn) {
     std::atomic<uint64_t> span;  // front << 32 | back: [front, back) not yet taken
   };
   const auto pack = [](int64_t front, int64_t back) { return uint64_t(front) << 32 | uint64_t(back); };
+  const auto front = [](uint64_t span) { return int64_t(span >> 32); };
+  const auto back = [](uint64_t span) { return int64_t(span & 0xffffffffu); };
+  const auto bound = [&](int64_t t) { return n * t / threads; };  // share t is [bound(t), bound(t + 1))
   std::unique_ptr<Share[]> shares(new Share[threads]);
-  for (int64_t t = 0; t < threads; ++t) shares[t].span.store(pack(n * t / threads, n * (t + 1) / threads));
+  for (int64_t t = 0; t < threads; ++t) shares[t].span.store(pack(bound(t), bound(t + 1)));
   const int64_t chunk = std::max<int64_t>(1, n / (threads * kStealPieces));
   Helpers().Run(int(threads), [&](int t) {
-    const int64_t share_end = n * (t + 1) / threads;
-    for (uint64_t s = shares[t].span.load();;) {  // own share, from the front
-      const int64_t front = int64_t(s >> 32), back = int64_t(s & 0xffffffffu);
-      if (front >= back) break;
-      const int64_t end = std::min(back, front + chunk);
-      if (shares[t].span.compare_exchange_weak(s, pack(end, back))) {
-        fn(front, end, share_end);
+    for (uint64_t s = shares[t].span.load(); front(s) < back(s);) {  // own share, from the front
+      const int64_t begin = front(s), end = std::min(back(s), begin + chunk);
+      if (shares[t].span.compare_exchange_weak(s, pack(end, back(s)))) {
+        fn(begin, end, bound(t + 1));
         s = shares[t].span.load();
       }
     }
@@ -265,14 +265,12 @@ void StealingRanges(int64_t n, int64_t threads, F fn) {
       int64_t victim = -1, most = 0;
       for (int64_t u = 0; u < threads; ++u) {
         const uint64_t s = shares[u].span.load();
-        const int64_t left = int64_t(s & 0xffffffffu) - int64_t(s >> 32);
-        if (left > most) victim = u, most = left;
+        if (back(s) - front(s) > most) victim = u, most = back(s) - front(s);
       }
       if (victim < 0) return;
       uint64_t s = shares[victim].span.load();
-      const int64_t front = int64_t(s >> 32), back = int64_t(s & 0xffffffffu);
-      const int64_t begin = std::max(front, back - chunk);
-      if (front < back && shares[victim].span.compare_exchange_strong(s, pack(front, begin))) fn(begin, back, back);
+      const int64_t begin = std::max(front(s), back(s) - chunk), end = back(s);
+      if (begin < end && shares[victim].span.compare_exchange_strong(s, pack(front(s), begin))) fn(begin, end, end);
     }
   });
 }
