@@ -95,6 +95,27 @@ float *Buffer(std::vector<float> &v, int64_t floats) {
   return v.data();
 }
 
+// The K/V blocks the attention will read, in the order its threads claim the rows, as half
+// blocks (K, then V); rows with the same table as the row before (a prompt's tokens in a
+// prefill) add nothing. The QKV projection prefetches them (SideReads in matmul.h).
+SideReads AttentionReads(const Dims &m, const float *cache, const int32_t *tables, const int32_t *context_lens,
+                         std::vector<const char *> &pieces) {
+  pieces.clear();
+  const int64_t half = m.block_floats() / 2;
+  for (int64_t r = 0; r < m.batch; ++r) {
+    const int32_t *row = tables + r * m.width;
+    if (r > 0 && std::equal(row, row + m.width, row - m.width)) continue;
+    const int64_t blocks = std::min<int64_t>(m.width, (context_lens[r] + m.block_size - 1) / m.block_size);
+    for (int64_t i = 0; i < blocks; ++i) {
+      if (row[i] < 0 || row[i] >= m.num_blocks) continue;  // the attention reports it
+      for (int64_t kind = 0; kind < 2; ++kind) {
+        pieces.push_back(reinterpret_cast<const char *>(cache + row[i] * m.block_floats() + kind * half));
+      }
+    }
+  }
+  return SideReads{pieces.data(), static_cast<int64_t>(pieces.size()), int64_t{sizeof(float)} * half};
+}
+
 int DecodeLayerImpl(int64_t block_size, int nparam, void **params, int *ndims, int64_t **shapes, const char **dtypes) {
   LayerDims l{};
   int status = CheckArgs(nparam, params, ndims, shapes, dtypes, &l);
@@ -120,7 +141,10 @@ int DecodeLayerImpl(int64_t block_size, int nparam, void **params, int *ndims, i
   float *gate_up = Buffer(gate_up_v, b * 2 * f), *act = Buffer(act_v, b * f);
 
   ForRows(b, h, [&](int64_t r) { NormRow(in(0) + r * h, in(1), eps, h, normed + r * h); });
-  PanelMatMul(normed, in(5), qkv, b, h, m.qkv_floats());
+  static thread_local std::vector<const char *> pieces;
+  SideReads side = AttentionReads(m, static_cast<const float *>(params[9]), tables,
+                                  static_cast<const int32_t *>(params[13]), pieces);
+  PanelMatMul(normed, in(5), qkv, b, h, m.qkv_floats(), &side);
   status = PagedAttention(m, qkv, static_cast<float *>(params[9]), in(10), in(11), tables,
                           static_cast<const int32_t *>(params[13]), attn);
   if (status != kOk) return status;

@@ -23,6 +23,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 
@@ -61,6 +62,29 @@ struct Fetch {
   int64_t per_k = 0;
 };
 
+// Prefetches the lines of f due by step k of a tile's k loop; `start` is where f began.
+inline void FetchUpTo(Fetch &f, const char *start, int64_t k) {
+  const char *until = std::min(f.end, start + (k + 1) * f.per_k);
+  for (; f.next < until; f.next += 64) __builtin_prefetch(f.next, 0, 3);
+}
+
+// Memory another kernel reads right after this matmul (the layer's attention reads the K/V
+// blocks of each row), as `count` pieces of `bytes` each. The many-row tiles take one piece each
+// and prefetch it beside their own weights: they are bound by arithmetic and leave the memory
+// bus mostly idle, so the first pieces wait in cache for the reader.
+struct SideReads {
+  const char *const *pieces = nullptr;
+  int64_t count = 0, bytes = 0;
+  std::atomic<int64_t> taken{0};
+
+  Fetch Take(int64_t k_dim) {
+    if (taken.load(std::memory_order_relaxed) >= count) return {};
+    const int64_t i = taken.fetch_add(1, std::memory_order_relaxed);
+    if (i >= count) return {};
+    return {pieces[i], pieces[i] + bytes, (bytes + k_dim - 1) / k_dim};
+  }
+};
+
 // Share t of `tiles` of the weight data that the column group after [v, v + vectors) reads: the
 // next panels, or, for groups narrower than a panel, the same columns of the next panel; nothing
 // if those columns are past v1 (where this thread probably stops). Prefetched while this group
@@ -79,18 +103,19 @@ inline Fetch NextGroup(const float *w, int64_t k_dim, int64_t v, int64_t vectors
 // Rows [0, R) of x against column vectors [v, v + NV) of W (columns kWidth v ..), clipped to n_dim;
 // with kFetch, prefetching `fetch` on the way.
 template <int64_t R, int64_t NV, bool kFetch = false>
-void Tile(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t v, Fetch fetch = {}) {
+void Tile(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t v, Fetch fetch = {},
+          Fetch side = {}) {
   const float *column[NV];
   for (int64_t j = 0; j < NV; ++j) {
     const int64_t c = (v + j) * kWidth;  // a vector never crosses a panel: kWidth divides kPanel
     column[j] = w + (c / kPanel) * k_dim * kPanel + c % kPanel;
   }
-  const char *const fetch_start = fetch.next;
+  const char *const fetch_start = fetch.next, *const side_start = side.next;
   V acc[R][NV] = {};
   for (int64_t k = 0; k < k_dim; ++k) {
     if constexpr (kFetch) {
-      const char *until = std::min(fetch.end, fetch_start + (k + 1) * fetch.per_k);
-      for (; fetch.next < until; fetch.next += 64) __builtin_prefetch(fetch.next, 0, 3);
+      FetchUpTo(fetch, fetch_start, k);
+      FetchUpTo(side, side_start, k);
     }
     V b[NV];
     for (int64_t j = 0; j < NV; ++j) b[j] = Load<V>(column[j] + k * kPanel);
@@ -108,12 +133,12 @@ void Tile(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim
 }
 
 // Vectors [v0, v1) in tiles of NV, the rest one vector at a time; with kFetch, the first tile
-// prefetches `fetch`.
+// prefetches `fetch` and `side`.
 template <int64_t R, int64_t NV, bool kFetch = false>
 void Sweep(const float *x, const float *w, float *y, int64_t k_dim, int64_t n_dim, int64_t v0, int64_t v1,
-           Fetch fetch = {}) {
+           Fetch fetch = {}, Fetch side = {}) {
   int64_t v = v0;
-  for (; v + NV <= v1; v += NV, fetch = {}) Tile<R, NV, kFetch>(x, w, y, k_dim, n_dim, v, fetch);
+  for (; v + NV <= v1; v += NV, fetch = {}, side = {}) Tile<R, NV, kFetch>(x, w, y, k_dim, n_dim, v, fetch, side);
   for (; v < v1; ++v) Tile<R, 1>(x, w, y, k_dim, n_dim, v);
 }
 
@@ -142,9 +167,10 @@ void SweepRows(int64_t rows, const float *x, const float *w, float *y, int64_t k
 // rows in as few tiles of at most kFewTileRows rows as they need, so a group's panels come from
 // memory once, read front to back. More rows go in chunks of kChunkRows, each swept over the
 // columns kTileVectors at a time with tiles of kTileRows rows (bound by arithmetic: ~95 % of the
-// peak FMA rate on an AVX-512 CPU); their prefetch runs on up to vector v_ahead.
+// peak FMA rate on an AVX-512 CPU); their prefetch runs on up to vector v_ahead, and each also
+// prefetches a piece of `side` while there are any.
 void Columns(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_dim, int64_t n_dim, int64_t v0,
-             int64_t v1, int64_t v_ahead) {
+             int64_t v1, int64_t v_ahead, SideReads *side) {
   if (m_dim <= kFewRows) {
     const int64_t tiles = (m_dim + kFewTileRows - 1) / kFewTileRows;
     for (int64_t v = v0; v < v1; v += kGroup) {
@@ -170,7 +196,8 @@ void Columns(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_
       int64_t m = m0;
       for (int64_t t = 0; m + kTileRows <= m1; m += kTileRows, ++t) {
         const Fetch fetch = NextGroup(w, k_dim, v, kTileVectors, v_ahead, t, tiles);
-        Sweep<kTileRows, kTileVectors, true>(x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, v, v_end, fetch);
+        Sweep<kTileRows, kTileVectors, true>(x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, v, v_end, fetch,
+                                             side ? side->Take(k_dim) : Fetch{});
       }
       if (m < m1) {
         SweepRows<kTileVectors, kTileRows - 1>(m1 - m, x + m * k_dim, w, y + m * n_dim, k_dim, n_dim, v, v_end);
@@ -180,12 +207,14 @@ void Columns(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_
 }
 
 // y [M, N] = x [M, K] @ W, W packed in `panels` column panels of 32 ([ceil(N / 32), K, 32]), on
-// the calling thread and the helpers, which share the column groups (StealingRanges).
-inline void PanelMatMul(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_dim, int64_t n_dim) {
+// the calling thread and the helpers, which share the column groups (StealingRanges); with
+// `side`, prefetching it on the way (more than kFewRows rows only).
+inline void PanelMatMul(const float *x, const float *w, float *y, int64_t m_dim, int64_t k_dim, int64_t n_dim,
+                        SideReads *side = nullptr) {
   const int64_t vectors = (n_dim + kWidth - 1) / kWidth;  // padding columns past N are not computed
   StealingRanges((vectors + kGroup - 1) / kGroup, KernelThreads(), [=](int64_t g0, int64_t g1, int64_t ahead) {
     Columns(x, w, y, m_dim, k_dim, n_dim, kGroup * g0, std::min(kGroup * g1, vectors),
-            std::min(kGroup * ahead, vectors));
+            std::min(kGroup * ahead, vectors), side);
   });
 }
 
